@@ -1,0 +1,26 @@
+"""The interface of a backend: where the tasks of one run execute."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Dict
+
+
+class Backend(ABC):
+    """Runs one experiment's tasks (one process, a cluster of processes, Ray actors, a Vertex job).
+
+    ``check`` is called during validation, before TensorFlow is imported and before anything is
+    launched; ``run`` launches the tasks, waits for them, and returns the chief's metrics. A backend
+    must leave no process or actor behind on success, failure or Ctrl-C.
+    """
+
+    name: ClassVar[str]
+    launches_clusters: ClassVar[bool] = False
+
+    @abstractmethod
+    def check(self, cfg: Any) -> None:
+        """Raise ConfigError if this backend cannot run the config as given."""
+
+    @abstractmethod
+    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+        """Run the experiment's tasks; return the chief's metrics (what it wrote to metrics.json)."""

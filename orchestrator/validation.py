@@ -1,0 +1,166 @@
+"""Cross-field validation of a composed experiment, before any TensorFlow is imported.
+
+Types and unknown keys are caught by the schemas at compose time; this module checks values and the
+rules that span groups (replicas vs batch, strategy vs topology, cluster vs backend, data files). Every
+failure is a :class:`ConfigError` naming the key, the value and the fix.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict
+
+import strategies
+from orchestrator.errors import ConfigError
+from orchestrator.topology import DevicePlan, plan_devices
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "files")
+DATA_FORMATS = ("auto", "npz", "csv", "tfrecord")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+
+
+def data_format(path: str, declared: str) -> str:
+    """The file format of ``data.path``: the declared one, else inferred from the suffix."""
+    if declared != "auto":
+        return declared
+    lower = path.lower()
+    for suffix, fmt in ((".npz", "npz"), (".csv", "csv"), (".tfrecord", "tfrecord"), (".tfrecords", "tfrecord")):
+        if lower.endswith(suffix):
+            return fmt
+    raise ConfigError("data.format", declared, f"Cannot infer the format of data.path={path!r} from its suffix; set data.format to one of npz, csv, tfrecord.")
+
+
+def check_data(d: Any) -> None:
+    if d.name not in DATASETS:
+        raise ConfigError("data.name", d.name, f"Use one of: {', '.join(DATASETS)}.")
+    for key in ("validation_split", "test_split"):
+        v = getattr(d, key)
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"data.{key}", v, "It is a fraction of the examples: use a value in [0, 1).")
+    if d.validation_split + d.test_split >= 1.0:
+        raise ConfigError("data.validation_split", d.validation_split,
+                          f"validation_split + test_split = {d.validation_split + d.test_split:g} leaves no training data; keep the sum below 1.")
+    if d.limit is not None and d.limit < 10:
+        raise ConfigError("data.limit", d.limit, "Use at least 10 examples, or null for all.")
+    if d.scale is not None and d.scale <= 0:
+        raise ConfigError("data.scale", d.scale, "Inputs are divided by it: give a positive number, or null.")
+    if d.format not in DATA_FORMATS:
+        raise ConfigError("data.format", d.format, f"Use one of: {', '.join(DATA_FORMATS)}.")
+    if d.name == "files":
+        if not d.path:
+            raise ConfigError("data.path", d.path, "data=files reads your own data: set data.path to an .npz, .csv or .tfrecord file.")
+        fmt = data_format(d.path, d.format)
+        if fmt == "tfrecord" and not d.feature_shape:
+            raise ConfigError("data.feature_shape", d.feature_shape, "TFRecord examples need the shape of one example's features, e.g. data.feature_shape=[64].")
+        if "://" not in d.path and not os.path.exists(d.path):
+            raise ConfigError("data.path", d.path, f"No such file (looked in {os.path.abspath(d.path)}). Check the path; relative paths are relative to the directory you run tfscale from.")
+    if d.image_shape is not None and (len(d.image_shape) != 3 or any(int(x) <= 0 for x in d.image_shape)):
+        raise ConfigError("data.image_shape", list(d.image_shape), "Give height, width, channels, e.g. [8, 8, 1].")
+
+
+_BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def check_model(m: Any) -> None:
+    if m.builder is None:
+        if not m.layers:
+            raise ConfigError("model.layers", [], "Declare at least one layer (a _target_ to a tf_keras layer), or set model.builder=package.module:function.")
+        for i, layer in enumerate(m.layers):
+            target = layer.get("_target_") if hasattr(layer, "get") else None
+            if not isinstance(target, str) or "." not in target:
+                raise ConfigError(f"model.layers[{i}]._target_", target, "Each layer needs a dotted _target_, e.g. tf_keras.layers.Dense with its arguments (units: 128).")
+    elif not _BUILDER.match(m.builder):
+        raise ConfigError("model.builder", m.builder, "Use 'package.module:function'; the function gets (input_shape, num_classes, **model.builder_kwargs) and returns a tf_keras model.")
+    o = m.optimizer
+    if o.name not in OPTIMIZERS:
+        raise ConfigError("model.optimizer.name", o.name, f"Use one of: {', '.join(OPTIMIZERS)}.")
+    if not o.learning_rate > 0:
+        raise ConfigError("model.optimizer.learning_rate", o.learning_rate, "It must be > 0, e.g. 0.001.")
+    if not 0.0 <= o.momentum < 1.0:
+        raise ConfigError("model.optimizer.momentum", o.momentum, "It must be in [0, 1).")
+    if o.clipnorm is not None and o.clipnorm <= 0:
+        raise ConfigError("model.optimizer.clipnorm", o.clipnorm, "Give a positive norm, or null.")
+
+
+def check_trainer(t: Any) -> None:
+    if t.epochs < 1:
+        raise ConfigError("trainer.epochs", t.epochs, "Train for at least 1 epoch.")
+    if t.batch_size < 1:
+        raise ConfigError("trainer.batch_size", t.batch_size, "The global batch size must be >= 1.")
+    if t.steps_per_epoch is not None and t.steps_per_epoch < 1:
+        raise ConfigError("trainer.steps_per_epoch", t.steps_per_epoch, "Use a positive number of steps, or null for one pass over the data.")
+    if t.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError("trainer.mixed_precision", t.mixed_precision, f"Use one of: {', '.join(MIXED_PRECISION)}.")
+    if t.verbose not in (0, 1, 2):
+        raise ConfigError("trainer.verbose", t.verbose, "Use 0 (silent), 1 (progress bar) or 2 (one line per epoch).")
+    if t.early_stopping.patience < 0:
+        raise ConfigError("trainer.early_stopping.patience", t.early_stopping.patience, "Use 0 or more epochs.")
+    if t.seed < 0:
+        raise ConfigError("trainer.seed", t.seed, "Use a non-negative integer seed.")
+
+
+def check_export(e: Any) -> None:
+    if not e.enabled:
+        return
+    if not e.model_base:
+        raise ConfigError("export.model_base", e.model_base, "Name the model repository directory, e.g. models.")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", str(e.model_name)):
+        raise ConfigError("export.model_name", e.model_name, "Use letters, digits, '_', '-' or '.', no slashes (it is one directory of the model repository).")
+    for key in ("input_name", "output_name"):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(getattr(e, key))):
+            raise ConfigError(f"export.{key}", getattr(e, key), "Signature names must be identifiers (letters, digits, '_').")
+
+
+def strategy_context(cfg: Any, plan: DevicePlan | None = None) -> strategies.StrategyContext:
+    """The context strategies are checked and built with."""
+    from strategies.multi_worker import cluster_from_env, role_counts
+
+    plan = plan or plan_devices(cfg.topology)
+    counts = cluster_from_env() or (role_counts(cfg.cluster) if cfg.cluster.name != "none" or cfg.cluster.spec else {})
+    return strategies.StrategyContext(cfg=cfg, devices=plan, cluster_workers=counts.get("chief", 0) + counts.get("worker", 0),
+                                      cluster_ps=counts.get("ps", 0))
+
+
+def check_strategy(cfg: Any, plan: DevicePlan) -> int:
+    """Check the strategy against the topology and cluster; return the replica count."""
+    strategy = strategies.get(cfg.strategy.name)
+    ctx = strategy_context(cfg, plan)
+    strategy.check(ctx)
+    replicas = strategy.replicas(ctx)
+    if cfg.trainer.batch_size % replicas:
+        lower = cfg.trainer.batch_size - cfg.trainer.batch_size % replicas
+        raise ConfigError("trainer.batch_size", cfg.trainer.batch_size,
+                          f"The global batch is split across {replicas} replicas (strategy={cfg.strategy.name}), so it must be divisible by {replicas}; "
+                          f"use e.g. trainer.batch_size={lower or replicas} or {lower + replicas}.")
+    if cfg.trainer.mixed_precision == "mixed_float16" and not plan.logical_gpus:
+        raise ConfigError("trainer.mixed_precision", "mixed_float16", "float16 compute needs a GPU; on CPU use mixed_bfloat16 or none.")
+    return replicas
+
+
+def check_backend(cfg: Any) -> None:
+    from orchestrator import backends
+
+    backends.get(cfg.backend.name).check(cfg)
+    if cfg.backend.max_restarts < 0:
+        raise ConfigError("backend.max_restarts", cfg.backend.max_restarts, "Use 0 or more restarts.")
+    if cfg.backend.max_restarts and not cfg.trainer.backup_and_restore:
+        raise ConfigError("backend.max_restarts", cfg.backend.max_restarts, "Restarting a task only resumes training with trainer.backup_and_restore=true; set it, or max_restarts=0.")
+
+
+def validate(cfg: Any) -> Dict[str, Any]:
+    """Validate a composed experiment; return facts derived on the way (device plan, replicas).
+
+    Raises ConfigError on the first problem. Imports no TensorFlow.
+    """
+    check_data(cfg.data)
+    check_model(cfg.model)
+    check_trainer(cfg.trainer)
+    check_export(cfg.export)
+    check_backend(cfg)
+    plan = plan_devices(cfg.topology)
+    replicas = check_strategy(cfg, plan)
+    from orchestrator import deploy
+
+    deploy.get(cfg.deploy.target).check(cfg)
+    return {"devices": plan, "replicas": replicas}

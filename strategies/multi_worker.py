@@ -1,0 +1,143 @@
+"""Strategies that span a cluster of tasks: multi_worker_mirrored, parameter_server, tpu.
+
+They read the cluster from ``TF_CONFIG`` in the task process; a backend that launches the cluster
+(``processes``, ``ray``, ``vertex``) sets it for each task, or the platform does (an existing cluster).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+from orchestrator.errors import ConfigError
+from strategies.base import Strategy, StrategyContext
+
+CLUSTER_BACKENDS = ("processes", "ray", "vertex")
+COMMUNICATION = ("auto", "ring", "nccl")
+
+
+def role_counts(cluster: Any) -> Dict[str, int]:
+    """Number of tasks per role, from an explicit ``spec`` or from the role counts."""
+    if cluster.spec:
+        return {role: len(hosts) for role, hosts in cluster.spec.items()}
+    counts = {}
+    for role in ("chief", "worker", "ps", "evaluator"):
+        node = getattr(cluster, role)
+        counts[role] = len(node.hosts) if node.hosts else int(node.count)
+    return {r: c for r, c in counts.items() if c}
+
+
+def cluster_from_env() -> Dict[str, int]:
+    """Role counts of a cluster announced through TF_CONFIG (e.g. by Vertex AI), or {}."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return {}
+    try:
+        spec = json.loads(raw).get("cluster", {})
+    except ValueError:
+        return {}
+    return {role: len(hosts) for role, hosts in spec.items()}
+
+
+def _require_cluster(ctx: StrategyContext, name: str, example: str) -> Dict[str, int]:
+    counts = cluster_from_env() or (role_counts(ctx.cfg.cluster) if ctx.cfg.cluster.name != "none" or ctx.cfg.cluster.spec else {})
+    if not counts:
+        raise ConfigError("cluster", ctx.cfg.cluster.name,
+                          f"strategy={name} trains on a cluster of tasks; choose one and a backend that launches it, "
+                          f"e.g. `{example}`.")
+    if not cluster_from_env() and ctx.cfg.backend.name not in CLUSTER_BACKENDS:
+        raise ConfigError("backend", ctx.cfg.backend.name,
+                          f"strategy={name} needs a backend that launches a cluster: one of {', '.join(CLUSTER_BACKENDS)} "
+                          f"(e.g. `{example}`).")
+    return counts
+
+
+class MultiWorkerMirroredStrategy(Strategy):
+    """Synchronous all-reduce data parallelism across worker processes."""
+
+    name = "multi_worker_mirrored"
+    needs_cluster = True
+
+    def check(self, ctx: StrategyContext) -> None:
+        if ctx.cfg.strategy.communication not in COMMUNICATION:
+            raise ConfigError("strategy.communication", ctx.cfg.strategy.communication, f"Use one of: {', '.join(COMMUNICATION)}.")
+        counts = _require_cluster(ctx, self.name, "cluster=workers_2 backend=processes")
+        if counts.get("ps"):
+            raise ConfigError("cluster.ps.count", counts["ps"], "multi_worker_mirrored has no parameter servers; set it to 0 or use strategy=parameter_server.")
+
+    def replicas(self, ctx: StrategyContext) -> int:
+        counts = cluster_from_env() or role_counts(ctx.cfg.cluster)
+        per_worker = max(1, ctx.devices.logical_gpus or 1)
+        return (counts.get("chief", 0) + counts.get("worker", 0)) * per_worker
+
+    def build(self, ctx: StrategyContext, tf: Any) -> Any:
+        impl = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+                "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+                "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL}[ctx.cfg.strategy.communication]
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=impl))
+
+
+class ParameterServerStrategy(Strategy):
+    """Asynchronous training: a coordinator (the chief) dispatches steps to workers; variables live on ps tasks."""
+
+    name = "parameter_server"
+    needs_cluster = True
+
+    def check(self, ctx: StrategyContext) -> None:
+        counts = _require_cluster(ctx, self.name, "cluster=ps_2x1 backend=processes")
+        if not counts.get("ps"):
+            raise ConfigError("cluster.ps.count", 0, "strategy=parameter_server needs at least one ps task; e.g. cluster=ps_2x1.")
+        if not counts.get("worker"):
+            raise ConfigError("cluster.worker.count", 0, "strategy=parameter_server needs at least one worker task; e.g. cluster=ps_2x1.")
+        s = ctx.cfg.strategy
+        if s.num_shards < 0 or s.min_shard_bytes < 0 or s.max_shards < 0:
+            raise ConfigError("strategy.num_shards", s.num_shards, "Shard settings must be >= 0 (0 = off).")
+        if s.num_shards and s.min_shard_bytes:
+            raise ConfigError("strategy.min_shard_bytes", s.min_shard_bytes, "Choose one partitioning: num_shards (fixed) or min_shard_bytes (by size), not both.")
+
+    def replicas(self, ctx: StrategyContext) -> int:
+        # Each worker consumes whole global batches from its own dataset.
+        return 1
+
+    def build(self, ctx: StrategyContext, tf: Any) -> Any:
+        s = ctx.cfg.strategy
+        counts = cluster_from_env()
+        partitioner = None
+        if s.num_shards:
+            partitioner = tf.distribute.experimental.partitioners.FixedShardsPartitioner(s.num_shards)
+        elif s.min_shard_bytes:
+            partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+                min_shard_bytes=s.min_shard_bytes, max_shards=s.max_shards or counts.get("ps", 1))
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+class TPUStrategy(Strategy):
+    """TPU training through a TPUClusterResolver (runs only where a TPU exists)."""
+
+    name = "tpu"
+    needs_cluster = False
+
+    def check(self, ctx: StrategyContext) -> None:
+        if not ctx.cfg.strategy.tpu:
+            raise ConfigError("strategy.tpu", ctx.cfg.strategy.tpu, "Name the TPU: a TPU name, a grpc://host:port address, or 'local'.")
+
+    def replicas(self, ctx: StrategyContext) -> int:
+        return 1  # known only once the TPU system is initialised; batch divisibility is checked then
+
+    def resolver_kwargs(self, cfg: Any) -> Dict[str, Any]:
+        """Arguments of ``TPUClusterResolver`` derived from the config."""
+        s = cfg.strategy
+        kwargs: Dict[str, Any] = {"tpu": s.tpu}
+        if s.tpu_zone:
+            kwargs["zone"] = s.tpu_zone
+        if s.tpu_project:
+            kwargs["project"] = s.tpu_project
+        return kwargs
+
+    def build(self, ctx: StrategyContext, tf: Any) -> Any:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(**self.resolver_kwargs(ctx.cfg))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)

@@ -602,6 +602,3 @@ class Trial:
         """``(step, value)`` of metric ``tag`` over the trial's measurements, in step order."""
         return sorted((m.step, float(m.metrics[tag])) for m in self.measurements if tag in m.metrics)
 
-
-def _sequence(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,224 @@
+"""The ``tfscale`` command.
+
+``tfscale [hydra flags] [overrides]`` composes ``conf/`` with Hydra and runs the experiment;
+``tfscale inspect PATH`` shows (and runs) a SavedModel or TFLite file; ``tfscale serve`` and
+``tfscale rollback`` manage a TF-Serving-compatible model repository.
+
+Before Hydra runs anything, a single run's config is composed and validated here, so a bad option, key,
+type or value is reported as one line naming the key, the value and the fix — without importing
+TensorFlow and before a run directory or a model version exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from orchestrator.errors import ConfigError, TfscaleError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SUBCOMMANDS = {
+    "inspect": "orchestrator.inspect:main",
+    "serve": "orchestrator.serving.cli:main",
+    "rollback": "orchestrator.serving.cli:rollback_main",
+}
+_VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package",
+                "--experimental-rerun"}
+_NO_PREFLIGHT = {"-h", "--help", "--hydra-help", "--version", "--info", "-sc", "--shell-completion", "-m", "--multirun",
+                 "--experimental-rerun"}
+
+log = logging.getLogger("tfscale")
+
+
+def split_args(argv: Sequence[str]) -> Tuple[List[str], dict]:
+    """Separate Hydra's flags from the overrides (``key=value`` words)."""
+    overrides, flags = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-"):
+            name, eq, val = arg.partition("=")
+            if name in _VALUE_FLAGS and not eq and i + 1 < len(argv):
+                val = argv[i + 1]
+                i += 1
+            flags[name] = val if (eq or name in _VALUE_FLAGS) else True
+        else:
+            overrides.append(arg)
+        i += 1
+    return overrides, flags
+
+
+def _schema_keys(path: Sequence[str]) -> Optional[List[str]]:
+    """Field names of the schema node at ``path`` (e.g. ['trainer']), or None if not a dataclass node."""
+    from orchestrator.schema import ExperimentConfig
+
+    node: Any = ExperimentConfig
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        f = fields[part]
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.type
+        if isinstance(node, str):
+            import orchestrator.schema as schema_mod
+
+            node = getattr(schema_mod, node, None)
+        if node is not None and not isinstance(node, type) and dataclasses.is_dataclass(node):
+            node = type(node)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def _override_value(overrides: Sequence[str], key: str) -> Any:
+    for ov in overrides:
+        k, _, v = ov.lstrip("+~").partition("=")
+        if k == key:
+            return v
+    from orchestrator.errors import MISSING_VALUE
+
+    return MISSING_VALUE
+
+
+def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
+    """Turn a Hydra/OmegaConf composition error into a ConfigError naming key, value and fix."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(exc, MissingConfigException):
+        text = str(exc)
+        m = re.search(r"Could not find '([^']+)'", text)
+        missing = m.group(1) if m else (exc.missing_cfg_file or "?")
+        group, _, option = missing.rpartition("/")
+        options = [o for o in (exc.options or []) if o != "tfscale_schema"]
+        if group and options:
+            near = difflib.get_close_matches(option, options, n=1)
+            hint = f" Did you mean {group}={near[0]}?" if near else ""
+            return ConfigError(group, option, f"'{option}' is not an option of the '{group}' group. Choose one of: {', '.join(options)}.{hint}")
+        return ConfigError(missing, None, text.strip().replace("\n", " "))
+    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        full_key = getattr(cause, "full_key", None) or ""
+        text = str(exc)
+        m = re.search(r"override '([^']+)'", text)
+        if m:
+            full_key = m.group(1)
+        value = _override_value(overrides, full_key)
+        if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause):
+            parts = full_key.split(".")
+            keys = _schema_keys(parts[:-1]) if len(parts) > 1 else _schema_keys([])
+            where = ".".join(parts[:-1]) or "the root config"
+            if keys is not None:
+                near = difflib.get_close_matches(parts[-1], keys, n=1)
+                hint = f"Did you mean '{'.'.join(parts[:-1] + [near[0]])}'? " if near else ""
+                return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. {hint}Valid keys: {', '.join(keys)}.")
+            return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. Check the spelling; to add a new key to an untyped node use +{full_key}=...")
+        if isinstance(cause, ValidationError):
+            msg = str(cause).splitlines()[0]
+            return ConfigError(full_key, value, f"{msg}. Give a value of the type the schema declares (see `tfscale --cfg job`).")
+        return ConfigError(full_key or "config", value, str(cause).splitlines()[0])
+    return ConfigError("overrides", list(overrides), str(exc).strip().replace("\n", " "))
+
+
+def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_name: str = "config") -> Any:
+    """Compose the experiment config as ``tfscale`` would (raises ConfigError on composition errors)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from orchestrator.schema import register_configs
+
+    register_configs()
+    extra = list(overrides)
+    if config_dir:
+        extra.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=extra)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
+        raise translate_compose_error(exc, overrides) from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def preflight(argv: Sequence[str]) -> None:
+    """Compose and validate a single run's config before Hydra starts it."""
+    overrides, flags = split_args(argv)
+    if any(f in flags for f in _NO_PREFLIGHT):
+        return
+    cfg = compose(overrides, flags.get("-cd") or flags.get("--config-dir"),
+                  flags.get("-cn") or flags.get("--config-name") or "config")
+    if "-c" in flags or "--cfg" in flags:
+        return
+    from orchestrator.validation import validate
+
+    validate(cfg)
+
+
+def hydra_task(cfg: Any) -> Any:
+    """The Hydra task function: validate, pick the backend, run, print a summary.
+
+    Returns the chief's metrics, so sweepers read objectives from the return value.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from orchestrator import backends
+    from orchestrator.task import summary
+    from orchestrator.validation import validate
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        validate(cfg)
+        (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        metrics = backends.get(cfg.backend.name).run(cfg, run_dir)
+    except TfscaleError as exc:
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        print(f"tfscale: error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    print(summary(metrics))
+    print(f"tfscale: run record {run_dir}")
+    return metrics
+
+
+def _dispatch(name: str, argv: List[str]) -> int:
+    import importlib
+
+    module, _, fn = SUBCOMMANDS[name].partition(":")
+    return int(getattr(importlib.import_module(module), fn)(argv) or 0)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point of ``tfscale``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        try:
+            sys.exit(_dispatch(argv[0], argv[1:]))
+        except TfscaleError as exc:
+            print(f"tfscale {argv[0]}: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+    try:
+        preflight(argv)
+    except TfscaleError as exc:
+        print(f"tfscale: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+    import hydra
+
+    from orchestrator.schema import register_configs
+
+    register_configs()
+    sys.argv = [sys.argv[0] or "tfscale", *argv]
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Datasets: raw arrays from a source, seeded splits, and tf.data pipelines over them.
+
+Inputs stay raw (digits 0..16, images 0..255): the exported model rescales them itself, so a client of
+the served model sends what the dataset holds.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from orchestrator.errors import ConfigError, TaskFailedError
+from orchestrator.validation import data_format
+
+log = logging.getLogger(__name__)
+
+KERAS_DATASETS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py"}
+DEFAULT_SCALE = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0, "cifar10": 255.0}
+
+
+@dataclass
+class Splits:
+    """Raw arrays of one dataset, split three ways."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    scale: float
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _keras_dataset(name: str, cache_dir: Optional[str]):
+    from orchestrator.tf_env import import_keras
+
+    keras = import_keras()
+    loader = getattr(keras.datasets, name)
+    cache = Path(cache_dir).expanduser() if cache_dir else Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+    try:
+        if name == "mnist" and cache_dir:
+            return loader.load_data(path=str(cache / "mnist.npz"))
+        return loader.load_data()
+    except Exception as exc:  # network errors surface as many exception types
+        raise TaskFailedError(
+            f"Could not load data.name={name!r}: {exc}. This machine may be offline: place the dataset's files "
+            f"at {cache / KERAS_DATASETS[name]} (the tf_keras cache), set data.cache_dir to where they are, "
+            "or use data=digits, which ships with scikit-learn.") from exc
+
+
+def _read_bytes(path: str) -> bytes:
+    if "://" in path:
+        from orchestrator.tf_env import import_tensorflow
+
+        tf = import_tensorflow()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
+    fmt = data_format(d.path, d.format)
+    if fmt == "npz":
+        with np.load(io.BytesIO(_read_bytes(d.path))) as npz:
+            for key in (d.features_key, d.label_key):
+                if key not in npz:
+                    k = "data.features_key" if key == d.features_key else "data.label_key"
+                    raise ConfigError(k, key, f"{d.path} has arrays {sorted(npz.files)}; set {k} to one of them.")
+            return npz[d.features_key].astype("float32"), npz[d.label_key].astype("int64")
+    if fmt == "csv":
+        text = _read_bytes(d.path).decode()
+        header = text.splitlines()[0].split(",")
+        if d.label_key not in header:
+            raise ConfigError("data.label_key", d.label_key, f"{d.path} has columns {header}; set data.label_key to the label column.")
+        table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype="float32", ndmin=2)
+        col = header.index(d.label_key)
+        return np.delete(table, col, axis=1), table[:, col].astype("int64")
+    from orchestrator.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    shape = [int(s) for s in d.feature_shape]
+    spec = {d.features_key: tf.io.FixedLenFeature(shape, tf.float32), d.label_key: tf.io.FixedLenFeature([], tf.int64)}
+    xs, ys = [], []
+    for rec in tf.data.TFRecordDataset([d.path]):
+        ex = tf.io.parse_single_example(rec, spec)
+        xs.append(ex[d.features_key].numpy())
+        ys.append(ex[d.label_key].numpy())
+    if not xs:
+        raise ConfigError("data.path", d.path, "The TFRecord file holds no examples.")
+    return np.stack(xs).astype("float32"), np.asarray(ys, dtype="int64")
+
+
+def load_splits(d: Any) -> Splits:
+    """Load ``data`` and split it into train/validation/test with ``data.shuffle_seed``."""
+    from sklearn.model_selection import train_test_split
+
+    test = None
+    if d.name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x, y = bunch.data.astype("float32"), bunch.target.astype("int64")
+    elif d.name in KERAS_DATASETS:
+        (x, y), test = _keras_dataset(d.name, d.cache_dir)
+        x, y = x.astype("float32"), y.reshape(-1).astype("int64")
+        test = (test[0].astype("float32"), test[1].reshape(-1).astype("int64"))
+    else:
+        x, y = _load_files(d)
+    if d.limit:
+        x, y = x[: d.limit], y[: d.limit]
+    num_classes = int(d.num_classes or (int(max(y.max(), test[1].max() if test else 0)) + 1))
+    seed = int(d.shuffle_seed)
+    stratify = y if np.bincount(y).min() >= 2 else None
+    if test is None and d.test_split > 0:
+        x, x_test, y, y_test = train_test_split(x, y, test_size=d.test_split, random_state=seed, stratify=stratify)
+    elif test is not None:
+        x_test, y_test = test
+    else:
+        x_test, y_test = x[:0], y[:0]
+    if d.validation_split > 0:
+        strat = y if np.bincount(y).min() >= 2 else None
+        frac = d.validation_split / (1.0 - (d.test_split if test is None else 0.0))
+        x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=frac, random_state=seed + 1, stratify=strat)
+    else:
+        x_train, y_train, x_val, y_val = x, y, x[:0], y[:0]
+    scale = float(d.scale or DEFAULT_SCALE.get(d.name) or max(1.0, float(np.abs(x_train).max())))
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, scale)
+
+
+def make_dataset(tf: Any, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                 shuffle_buffer: int = 10000, prefetch: int = -1, repeat: bool = False):
+    """A tf.data pipeline: seeded shuffle (reshuffled each epoch), global batch, prefetch."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, len(x)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE if prefetch < 0 else prefetch)

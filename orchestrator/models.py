@@ -1,0 +1,71 @@
+"""Models from config: a layer list of ``_target_`` nodes or a user's builder function.
+
+Every model tfscale trains has the same frame: an input named ``export.input_name`` taking raw features,
+a rescaling layer (so serving clients send raw values), the declared body, and a softmax head named
+``export.output_name`` in float32 (also under mixed precision, where it keeps the loss stable).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+from orchestrator.errors import ConfigError
+
+
+def _optimizer(keras: Any, o: Any):
+    kwargs = {"learning_rate": float(o.learning_rate)}
+    if o.clipnorm:
+        kwargs["clipnorm"] = float(o.clipnorm)
+    if o.name == "sgd":
+        return keras.optimizers.SGD(momentum=float(o.momentum), nesterov=bool(o.nesterov), **kwargs)
+    if o.name == "rmsprop":
+        return keras.optimizers.RMSprop(momentum=float(o.momentum), **kwargs)
+    if o.name == "adagrad":
+        return keras.optimizers.Adagrad(**kwargs)
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=float(o.weight_decay or 0.004), **kwargs)
+    return keras.optimizers.Adam(**kwargs)
+
+
+def _builder(path: str):
+    module, _, fn = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("model.builder", path, f"Cannot import it ({exc}); check the module is importable from where tfscale runs and the function name.") from exc
+
+
+def _body(cfg: Any, keras: Any, input_shape: Sequence[int], num_classes: int):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    m = cfg.model
+    if m.builder:
+        kwargs = OmegaConf.to_container(m.builder_kwargs, resolve=True)
+        return [_builder(m.builder)(tuple(input_shape), num_classes, **kwargs)]
+    layers = []
+    for i, node in enumerate(m.layers):
+        try:
+            layers.append(instantiate(node))
+        except Exception as exc:  # instantiate wraps import and argument errors alike
+            raise ConfigError(f"model.layers[{i}]", OmegaConf.to_container(node, resolve=True),
+                              f"Could not build this layer: {exc}".rstrip(".") + ". Check _target_ and its arguments.") from exc
+    return layers
+
+
+def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int, scale: float):
+    """Build and compile the experiment's model (call inside the strategy's scope)."""
+    from orchestrator.tf_env import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input(shape=tuple(input_shape), name=cfg.export.input_name, dtype="float32")
+    x = keras.layers.Rescaling(1.0 / float(scale), name="rescale")(inputs)
+    for layer in _body(cfg, keras, input_shape, num_classes):
+        x = layer(x)
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=cfg.export.output_name)(x)
+    model = keras.Model(inputs, outputs, name=str(cfg.model.name))
+    model.compile(optimizer=_optimizer(keras, cfg.model.optimizer), loss=cfg.model.loss, metrics=list(cfg.model.metrics),
+                  steps_per_execution=int(cfg.strategy.steps_per_execution))
+    return model

@@ -1,0 +1,192 @@
+"""Config schemas of the ``serving`` group and of ``deploy.tf_serving`` (no TensorFlow imported here).
+
+``conf/serving/<option>.yaml`` merges into :class:`ServingConfig`; ``conf/deploy/tf_serving.yaml`` sets
+``deploy.tf_serving``, typed by :class:`TfServingDeployConfig`. Values are checked by :func:`check_serving`
+and :func:`check_tf_serving_deploy`, which raise :class:`~orchestrator.errors.ConfigError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from orchestrator.errors import ConfigError
+
+VERSION_POLICIES = ("latest", "all", "specific")
+LAUNCH_MODES = ("auto", "binary", "embedded", "none")
+
+
+@dataclass
+class VersionPolicyConfig:
+    """Which versions of a model are loaded, as TF Serving's ``model_version_policy``.
+
+    ``latest`` keeps the ``num_versions`` highest versions, ``all`` every version, ``specific`` exactly
+    ``versions``. Requests that name no version go to the highest loaded version.
+    """
+
+    policy: str = "latest"
+    num_versions: int = 1
+    versions: List[int] = field(default_factory=list)
+
+
+@dataclass
+class BatchingConfig:
+    """Server-side batching, as TF Serving's ``BatchingParameters``.
+
+    Concurrent requests for the same model version and signature are merged into one call of up to
+    ``max_batch_size`` rows, waiting at most ``batch_timeout_micros`` for a batch to fill.
+    """
+
+    enabled: bool = False
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    num_batch_threads: int = 2
+    max_enqueued_batches: int = 100
+
+
+@dataclass
+class ServingConfig:
+    """The embedded TF-Serving-compatible server (``tfscale serve``).
+
+    What is served: ``model_config_file`` if set; else the one model ``<model_base>/<model_name>`` if
+    ``model_name`` is set; else ``<model_base>/models.config`` if present; else every model directory
+    under ``model_base``. ``version_policy`` and ``version_labels`` apply to models that are not described
+    by a models.config.
+    """
+
+    name: str = "default"
+    model_base: str = "models"
+    model_name: Optional[str] = None
+    model_config_file: Optional[str] = None
+    host: str = "127.0.0.1"  # 0.0.0.0 to accept connections from other machines
+    rest_port: int = 8501  # 0 = a free port (see ready_file)
+    grpc_port: int = 8500  # 0 = a free port; -1 = no gRPC
+    grpc_tls_cert: Optional[str] = None  # PEM certificate chain; with grpc_tls_key turns on TLS for gRPC
+    grpc_tls_key: Optional[str] = None
+    file_system_poll_wait_seconds: float = 1.0  # 0 = load once, never poll
+    version_policy: VersionPolicyConfig = field(default_factory=VersionPolicyConfig)
+    version_labels: Dict[str, int] = field(default_factory=dict)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    allow_nonfinite: bool = False  # accept NaN / Inf in float inputs
+    max_body_bytes: int = 16 * 1024 * 1024  # larger REST bodies get 413
+    grpc_max_workers: int = 16
+    warmup: bool = True  # one call on each new version before it takes traffic
+    ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
+    log_level: str = "INFO"
+
+
+@dataclass
+class MonitoringConfig:
+    """TF Serving's Prometheus endpoint (``--monitoring_config_file``)."""
+
+    prometheus: bool = True
+    path: str = "/monitoring/prometheus/metrics"
+
+
+@dataclass
+class TfServingDeployConfig:
+    """``deploy=tf_serving``: files for a TF Serving deployment, its launch plan, and a smoke test.
+
+    ``launch``: ``auto`` runs ``tensorflow_model_server`` if found on PATH, else the embedded server;
+    ``binary`` requires the binary; ``embedded`` always uses the embedded server; ``none`` only writes files.
+    ``rest_port``/``grpc_port`` are the ports of the launch plan and manifests; the smoke-test server binds
+    ``smoke_rest_port``/``smoke_grpc_port`` (0 = free ports) on 127.0.0.1.
+    """
+
+    launch: str = "auto"
+    binary: str = "tensorflow_model_server"
+    image: str = "tensorflow/serving:latest"
+    replicas: int = 1
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    smoke_rest_port: int = 0
+    smoke_grpc_port: int = 0
+    smoke_rows: int = 8
+    smoke_timeout_s: float = 120.0
+    keep_running: bool = False
+    file_system_poll_wait_seconds: int = 1
+    version_policy: VersionPolicyConfig = field(default_factory=VersionPolicyConfig)
+    version_labels: Dict[str, int] = field(default_factory=dict)
+    label_new_version: Optional[str] = None  # e.g. canary: point this label at the version just exported
+    batching: BatchingConfig = field(default_factory=lambda: BatchingConfig(enabled=True))
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    volume_claim: Optional[str] = None  # Kubernetes PVC holding the repository; null = hostPath of model_base
+
+
+def _port(key: str, value: int, allow: tuple = (0,)) -> None:
+    if not (value in allow or 1 <= value <= 65535):
+        raise ConfigError(key, value, f"Use a TCP port in 1..65535{' or ' + ' / '.join(map(str, allow)) if allow else ''}.")
+
+
+def check_version_policy(key: str, p: Any) -> None:
+    """Validate a :class:`VersionPolicyConfig` found at ``key``."""
+    if p.policy not in VERSION_POLICIES:
+        raise ConfigError(f"{key}.policy", p.policy, f"Use one of: {', '.join(VERSION_POLICIES)}.")
+    if p.policy == "latest" and p.num_versions < 1:
+        raise ConfigError(f"{key}.num_versions", p.num_versions, "Keep at least 1 version loaded.")
+    if p.policy == "specific":
+        if not p.versions:
+            raise ConfigError(f"{key}.versions", list(p.versions), "policy=specific needs version numbers, e.g. [1, 2].")
+        bad = [v for v in p.versions if int(v) < 1]
+        if bad:
+            raise ConfigError(f"{key}.versions", list(p.versions), f"Versions are positive integers; remove {bad}.")
+
+
+def check_labels(key: str, labels: Any) -> None:
+    """Labels map a name to a positive version number."""
+    for name, version in dict(labels or {}).items():
+        if not str(name) or not str(name).replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{key}.{name}", version, "Label names use letters, digits, '-' and '_'.")
+        if int(version) < 1:
+            raise ConfigError(f"{key}.{name}", version, "A label points at a positive version number.")
+
+
+def check_batching(key: str, b: Any) -> None:
+    """Positive sizes and threads, non-negative timeout."""
+    for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+        if getattr(b, name) < 1:
+            raise ConfigError(f"{key}.{name}", getattr(b, name), "Use a value >= 1.")
+    if b.batch_timeout_micros < 0:
+        raise ConfigError(f"{key}.batch_timeout_micros", b.batch_timeout_micros, "Use a value >= 0 (microseconds).")
+
+
+def check_serving(s: Any, key: str = "serving") -> None:
+    """Validate a composed :class:`ServingConfig`."""
+    _port(f"{key}.rest_port", s.rest_port)
+    _port(f"{key}.grpc_port", s.grpc_port, allow=(0, -1))
+    if bool(s.grpc_tls_cert) != bool(s.grpc_tls_key):
+        missing = "grpc_tls_key" if s.grpc_tls_cert else "grpc_tls_cert"
+        raise ConfigError(f"{key}.{missing}", None, "TLS needs both a certificate chain and its private key (PEM files).")
+    if s.file_system_poll_wait_seconds < 0:
+        raise ConfigError(f"{key}.file_system_poll_wait_seconds", s.file_system_poll_wait_seconds, "Use seconds >= 0 (0 = never poll).")
+    if s.max_body_bytes < 1024:
+        raise ConfigError(f"{key}.max_body_bytes", s.max_body_bytes, "Use at least 1024 bytes.")
+    if s.grpc_max_workers < 1:
+        raise ConfigError(f"{key}.grpc_max_workers", s.grpc_max_workers, "Use at least 1 worker thread.")
+    if s.model_name is not None and ("/" in s.model_name or s.model_name.startswith(".")):
+        raise ConfigError(f"{key}.model_name", s.model_name, "Give the model's directory name under model_base, not a path.")
+    check_version_policy(f"{key}.version_policy", s.version_policy)
+    check_labels(f"{key}.version_labels", s.version_labels)
+    check_batching(f"{key}.batching", s.batching)
+
+
+def check_tf_serving_deploy(d: Any, key: str = "deploy.tf_serving") -> None:
+    """Validate a composed :class:`TfServingDeployConfig`."""
+    if d.launch not in LAUNCH_MODES:
+        raise ConfigError(f"{key}.launch", d.launch, f"Use one of: {', '.join(LAUNCH_MODES)}.")
+    if d.replicas < 1:
+        raise ConfigError(f"{key}.replicas", d.replicas, "Run at least 1 replica.")
+    for name in ("rest_port", "grpc_port"):
+        _port(f"{key}.{name}", getattr(d, name), allow=())
+    for name in ("smoke_rest_port", "smoke_grpc_port"):
+        _port(f"{key}.{name}", getattr(d, name))
+    if d.smoke_rows < 1:
+        raise ConfigError(f"{key}.smoke_rows", d.smoke_rows, "Send at least 1 test row.")
+    if d.file_system_poll_wait_seconds < 0:
+        raise ConfigError(f"{key}.file_system_poll_wait_seconds", d.file_system_poll_wait_seconds, "Use seconds >= 0.")
+    if not d.image:
+        raise ConfigError(f"{key}.image", d.image, "Name a container image, e.g. tensorflow/serving:latest.")
+    if d.monitoring.prometheus and not str(d.monitoring.path).startswith("/"):
+        raise ConfigError(f"{key}.monitoring.path", d.monitoring.path, "Use an absolute URL path, e.g. /monitoring/prometheus/metrics.")
+    check_version_policy(f"{key}.version_policy", d.version_policy)
+    check_labels(f"{key}.version_labels", d.version_labels)
+    check_batching(f"{key}.batching", d.batching)

@@ -1,0 +1,185 @@
+"""One training task, in its own process: topology → strategy → data → model → fit → export → record.
+
+This is the code every backend ends up running (in-process for ``local``, in a child process per task for
+``processes``, in a process per Ray actor, in the container of a Vertex job). The device topology is
+applied first, before TensorFlow initialises.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf
+
+from orchestrator.run_record import provenance, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """Role of this process in a cluster (from TF_CONFIG); a lone process is the chief."""
+
+    task_type: str = "chief"
+    task_index: int = 0
+    in_cluster: bool = False
+    has_chief: bool = True
+
+    @property
+    def is_chief(self) -> bool:
+        """The task that exports and writes the run's metrics (TensorFlow's multi-worker saving rule)."""
+        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0 and not self.has_chief)
+
+    @classmethod
+    def from_env(cls) -> "TaskIdentity":
+        raw = os.environ.get("TF_CONFIG")
+        if not raw:
+            return cls()
+        conf = json.loads(raw)
+        task = conf.get("task", {})
+        return cls(task_type=task.get("type", "chief"), task_index=int(task.get("index", 0)), in_cluster=True,
+                   has_chief=bool(conf.get("cluster", {}).get("chief")))
+
+
+class EpochLog:
+    """A Keras callback appending one JSON line per epoch (for study early stopping and live tails)."""
+
+    def __new__(cls, keras: Any, path: Path):
+        class _EpochLog(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                with open(path, "a") as f:
+                    f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+
+        return _EpochLog()
+
+
+def _callbacks(keras: Any, cfg: Any, run_dir: Path, identity: TaskIdentity) -> list:
+    t = cfg.trainer
+    cbs = []
+    if t.tensorboard and identity.is_chief:
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), histogram_freq=0, profile_batch=0))
+    if t.backup_and_restore:
+        cbs.append(keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup")))
+    if t.checkpoints:
+        ckpt_dir = run_dir / "checkpoints" if identity.is_chief else run_dir / f"checkpoints_tmp_{identity.task_type}_{identity.task_index}"
+        cbs.append(keras.callbacks.ModelCheckpoint(filepath=str(ckpt_dir / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
+    es = t.early_stopping
+    if es.enabled:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
+                                                 restore_best_weights=es.restore_best_weights))
+    if identity.is_chief:
+        cbs.append(EpochLog(keras, run_dir / "epochs.jsonl"))
+    return cbs
+
+
+def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
+    if not n:
+        return {}
+    values = model.evaluate(ds, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in values.items()}
+
+
+def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -> Dict[str, Any]:
+    """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json."""
+    from orchestrator import deploy
+    from orchestrator.data import load_splits, make_dataset
+    from orchestrator.export import export_version
+    from orchestrator.models import build_model
+    from orchestrator.topology import apply_topology
+    from orchestrator.validation import strategy_context
+    import strategies
+
+    started = time.time()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = TaskIdentity.from_env()
+    applied = apply_topology(cfg.topology)  # first: before anything initialises TensorFlow's runtime
+
+    from orchestrator.tf_env import import_keras, import_tensorflow
+
+    tf, keras = import_tensorflow(), import_keras()
+    t = cfg.trainer
+    keras.utils.set_random_seed(int(t.seed))
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if t.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(t.mixed_precision)
+
+    ctx = strategy_context(cfg)
+    strategy = strategies.get(cfg.strategy.name).build(ctx, tf)
+    replicas = int(strategy.num_replicas_in_sync)
+    record = provenance(cfg, topology=applied, overrides=overrides)
+    record.update({"strategy": cfg.strategy.name, "replicas": replicas, "task": identity.__dict__})
+    if identity.is_chief:
+        write_json(run_dir / "provenance.json", record)
+
+    splits = load_splits(cfg.data)
+    batch = int(t.batch_size)
+    train_ds = make_dataset(tf, splits.x_train, splits.y_train, batch, shuffle=True, seed=int(t.seed),
+                            shuffle_buffer=int(cfg.data.shuffle_buffer), prefetch=int(cfg.data.prefetch))
+    val_ds = make_dataset(tf, splits.x_val, splits.y_val, batch, shuffle=False, seed=0) if len(splits.x_val) else None
+    test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0)
+    with strategy.scope():
+        model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
+
+    fit_start = time.time()
+    history = model.fit(train_ds, epochs=int(t.epochs), validation_data=val_ds, steps_per_epoch=t.steps_per_epoch,
+                        callbacks=_callbacks(keras, cfg, run_dir, identity), verbose=int(t.verbose))
+    fit_seconds = time.time() - fit_start
+    epochs_run = len(history.history.get("loss", []))
+    steps = t.steps_per_epoch or -(-len(splits.x_train) // batch)
+    examples = epochs_run * (steps * batch if t.steps_per_epoch else len(splits.x_train))
+
+    metrics: Dict[str, Any] = {
+        "train": {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("val_")},
+        "validation": {k[4:]: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")},
+        "test": _evaluate(model, test_ds, len(splits.x_test)),
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "epochs": epochs_run,
+        "fit_seconds": round(fit_seconds, 3),
+        "examples_per_second": round(examples / fit_seconds, 1) if fit_seconds > 0 else None,
+        "replicas": replicas,
+        "strategy": cfg.strategy.name,
+        "topology": cfg.topology.name,
+        "logical_devices": applied["logical_devices"],
+        "model_version": None,
+    }
+    if identity.is_chief and cfg.export.enabled:
+        version_dir = export_version(tf, model, cfg, splits.input_shape, {
+            "run_dir": str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
+            "config": OmegaConf.to_container(cfg, resolve=True), "test": metrics["test"]})
+        metrics["model_version"] = str(version_dir)
+        metrics["deploy"] = deploy.get(cfg.deploy.target).deploy(cfg, version_dir, run_dir)
+    metrics["wall_seconds"] = round(time.time() - started, 3)
+    if identity.is_chief:
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary(metrics: Dict[str, Any]) -> str:
+    """A few lines for the end of a run."""
+    test = metrics.get("test") or {}
+    val = metrics.get("validation") or {}
+    parts = [f"epochs={metrics.get('epochs')}", f"replicas={metrics.get('replicas')} ({metrics.get('strategy')})"]
+    parts += [f"test_{k}={v:.4f}" for k, v in test.items()]
+    if not test:
+        parts += [f"val_{k}={v:.4f}" for k, v in val.items()]
+    parts.append(f"{metrics.get('examples_per_second')} ex/s")
+    lines = ["tfscale: " + "  ".join(parts)]
+    if metrics.get("model_version"):
+        lines.append(f"tfscale: model version {metrics['model_version']}")
+    return "\n".join(lines)
+
+
+def load_run_config(run_dir: Path) -> Any:
+    """The resolved config a run was started with, typed by the experiment schema."""
+    from orchestrator.schema import ExperimentConfig
+
+    loaded = OmegaConf.load(Path(run_dir) / "config.resolved.yaml")
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), loaded)
+    return cfg

@@ -1,0 +1,254 @@
+"""The ask/tell :class:`Study`: suggestions from a designer, outcomes into the store."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tuners.algorithms import Designer, make_designer
+from tuners.early_stopping import StopDecision, make_stopping_rule
+from tuners.errors import StudyFailedError
+from tuners.study_spec import Goal, Measurement, StudySpec, Trial, TrialStatus
+from tuners.study_store import StudyStore
+
+__all__ = ["Study"]
+
+MeasurementLike = Measurement | tuple[int, float] | Mapping[str, Any]
+
+
+class Study:
+    """A hyperparameter study driven by ask/tell calls; no Hydra needed.
+
+    Args:
+        spec: the study (or its native/AI Platform/Vertex dict form).
+        store: a :class:`StudyStore`, or a location for one (sweep directory, ``.db`` path,
+            ``sqlite:///`` URL). ``None`` keeps everything in memory.
+        designer: override the algorithm of ``spec`` (mostly for tests).
+
+    Resuming: opening a store that already holds this study keeps its COMPLETED, FAILED and STOPPED trials.
+    ACTIVE trials found there were interrupted with their driver; they are handed out again, with the same
+    ids and parameters, by the next :meth:`suggest` calls before any new suggestion. New trials get ids after
+    the largest stored one, so no trial is lost or duplicated.
+    """
+
+    def __init__(self, spec: StudySpec | Mapping[str, Any], store: StudyStore | str | os.PathLike | None = None,
+                 *, designer: Designer | None = None):
+        self.spec = spec if isinstance(spec, StudySpec) else StudySpec.from_dict(spec)
+        self.store = store if isinstance(store, StudyStore) else StudyStore(store if store is not None
+                                                                             else ":memory:")
+        self.resumed = self.store.attach(self.spec)
+        self._keys = {p.name: p.config_key for p in self.spec.all_parameters()}
+        self._trials: dict[int, Trial] = {}
+        for trial in self.store.load_trials():
+            trial.config_keys = self._keys
+            self._trials[trial.id] = trial
+        self._designer = designer if designer is not None else make_designer(self.spec)
+        self._told: set[int] = set()
+        #: Interrupted trials from a previous driver, re-run before new suggestions.
+        self._requeue = [t.id for t in self._trials.values() if t.status is TrialStatus.ACTIVE]
+        self._running: set[int] = set()
+        self._exhausted = False
+        self._rule = make_stopping_rule(self.spec.early_stopping, self.spec.metric.goal)
+
+    @classmethod
+    def open(cls, config: StudySpec | Mapping[str, Any], sweep_dir: str | os.PathLike) -> Study:
+        """The study of ``config`` stored in ``<sweep_dir>/study.db``, resumed if it exists."""
+        return cls(config, StudyStore(sweep_dir))
+
+    # -- queries --------------------------------------------------------------------------------------
+    @property
+    def trials(self) -> list[Trial]:
+        """All trials, by id."""
+        return [self._trials[i] for i in sorted(self._trials)]
+
+    def trial(self, trial_id: int) -> Trial:
+        """The trial with id ``trial_id``."""
+        try:
+            return self._trials[trial_id]
+        except KeyError:
+            raise KeyError(f"no trial {trial_id} in this study; ids are {sorted(self._trials)}") from None
+
+    def _with_status(self, status: TrialStatus) -> list[Trial]:
+        return [t for t in self.trials if t.status is status]
+
+    @property
+    def best_trial(self) -> Trial | None:
+        """The COMPLETED trial with the best objective (lowest id on ties), or ``None``."""
+        done = self._with_status(TrialStatus.COMPLETED)
+        if not done:
+            return None
+        sign = self.spec.metric.goal.sign
+        return max(done, key=lambda t: (sign * t.objective, -t.id))
+
+    @property
+    def running(self) -> list[Trial]:
+        """ACTIVE trials handed out by this driver and not yet finished."""
+        return [self._trials[i] for i in sorted(self._running)]
+
+    @property
+    def failed_count(self) -> int:
+        """Number of FAILED trials."""
+        return len(self._with_status(TrialStatus.FAILED))
+
+    @property
+    def is_done(self) -> bool:
+        """True when no trial is running or waiting and no new one will be suggested (budget used, space
+        exhausted, or too many failures)."""
+        if self.failed_count > self.spec.failure_budget:
+            return True
+        if self._running or self._requeue:
+            return False
+        return self._exhausted or len(self._trials) >= self.spec.max_trials
+
+    # -- ask ------------------------------------------------------------------------------------------
+    def _sync_designer(self) -> None:
+        new = [t for t in self.trials if t.status.is_finished and t.id not in self._told]
+        active = self._with_status(TrialStatus.ACTIVE)
+        self._designer.update(new, active)
+        self._told.update(t.id for t in new)
+
+    def suggest(self, count: int | None = None) -> list[Trial]:
+        """Up to ``count`` trials to run now (default: as many as free parallel slots).
+
+        Never more than ``max_parallel_trials`` running at once nor ``max_trials`` in total; interrupted
+        trials of a resumed study come first. An empty list with :attr:`is_done` False means: wait for a
+        running trial to finish.
+
+        Raises:
+            StudyFailedError: more than ``max_failed_trials`` trials failed.
+        """
+        self._check_failures()
+        free = self.spec.max_parallel_trials - len(self._running)
+        n = free if count is None else min(count, free)
+        out: list[Trial] = []
+        while self._requeue and len(out) < n:
+            trial = self._trials[self._requeue.pop(0)]
+            self._running.add(trial.id)
+            out.append(trial)
+        wanted = min(n - len(out), self.spec.max_trials - len(self._trials))
+        if wanted > 0 and not self._exhausted:
+            self._sync_designer()
+            suggestions = self._designer.suggest(wanted)
+            if len(suggestions) < wanted:
+                self._exhausted = True
+            next_id = max(self._trials, default=-1) + 1
+            for offset, values in enumerate(suggestions):
+                self.spec.validate_parameters(values)
+                trial = Trial(id=next_id + offset, parameters=dict(values), config_keys=self._keys)
+                self.store.save_trial(trial)
+                self._trials[trial.id] = trial
+                self._running.add(trial.id)
+                out.append(trial)
+        return out
+
+    # -- tell -----------------------------------------------------------------------------------------
+    def _active(self, trial_id: int) -> Trial:
+        trial = self.trial(trial_id)
+        if trial.status is not TrialStatus.ACTIVE:
+            raise ValueError(f"trial {trial_id} is already {trial.status.name}; only ACTIVE trials can be "
+                             f"completed, failed or stopped.")
+        return trial
+
+    def _finish(self, trial: Trial, status: TrialStatus) -> Trial:
+        trial.status = status
+        self.store.save_trial(trial)
+        self._running.discard(trial.id)
+        if trial.id in self._requeue:
+            self._requeue.remove(trial.id)
+        return trial
+
+    def _as_measurements(self, items: Iterable[MeasurementLike]) -> list[Measurement]:
+        out = []
+        for item in items:
+            if isinstance(item, Measurement):
+                out.append(item)
+            elif isinstance(item, Mapping):
+                out.append(Measurement(int(item["step"]), dict(item.get("metrics") or
+                                                                {self.spec.metric.tag: item["value"]})))
+            else:
+                step, value = item
+                out.append(Measurement(int(step), {self.spec.metric.tag: float(value)}))
+        return out
+
+    def _best_measured(self, trial: Trial) -> float | None:
+        values = [v for _, v in trial.curve(self.spec.metric.tag) if math.isfinite(v)]
+        if not values:
+            return None
+        return max(values) if self.spec.metric.goal is Goal.MAXIMIZE else min(values)
+
+    def complete(self, trial_id: int, objective: float | None,
+                 measurements: Iterable[MeasurementLike] | None = None, *, log_path: str | None = None) -> Trial:
+        """Record the final objective of a trial.
+
+        ``objective=None`` takes the best measured value of the metric (Vertex's BEST_MEASUREMENT). A
+        missing or non-finite objective (NaN loss) marks the trial FAILED instead, so it counts against
+        ``max_failed_trials``.
+        """
+        trial = self._active(trial_id)
+        trial.measurements.extend(self._as_measurements(measurements or ()))
+        trial.log_path = log_path or trial.log_path
+        if objective is None:
+            objective = self._best_measured(trial)
+        if objective is None or not math.isfinite(float(objective)):
+            trial.error = f"objective {self.spec.metric.tag!r} is {objective!r}, not a finite number"
+            self._finish(trial, TrialStatus.FAILED)
+            self._check_failures()
+            return trial
+        trial.objective = float(objective)
+        return self._finish(trial, TrialStatus.COMPLETED)
+
+    def fail(self, trial_id: int, error: str, log_path: str | None = None) -> Trial:
+        """Mark a trial FAILED with its error text.
+
+        Raises:
+            StudyFailedError: this failure exceeds ``max_failed_trials``.
+        """
+        trial = self._active(trial_id)
+        trial.error = str(error)
+        trial.log_path = log_path or trial.log_path
+        self._finish(trial, TrialStatus.FAILED)
+        self._check_failures()
+        return trial
+
+    def stop(self, trial_id: int, objective: float | None = None) -> Trial:
+        """Mark a trial STOPPED (early-stopped); its objective is ``objective`` or its best measurement."""
+        trial = self._active(trial_id)
+        value = objective if objective is not None else self._best_measured(trial)
+        trial.objective = float(value) if value is not None and math.isfinite(value) else None
+        return self._finish(trial, TrialStatus.STOPPED)
+
+    def add_measurement(self, trial_id: int, step: int, value: float | Mapping[str, float]) -> StopDecision:
+        """Record an intermediate measurement and ask the early stopping rule about the trial.
+
+        The caller stops the trial (and calls :meth:`stop`) when the returned decision is truthy.
+        """
+        trial = self._active(trial_id)
+        metrics = dict(value) if isinstance(value, Mapping) else {self.spec.metric.tag: float(value)}
+        trial.measurements.append(Measurement(int(step), metrics))
+        self.store.save_trial(trial)
+        return self.should_stop(trial_id)
+
+    def should_stop(self, trial_id: int) -> StopDecision:
+        """The early stopping rule's decision for an ACTIVE trial."""
+        tag = self.spec.metric.tag
+        completed = [t.curve(tag) for t in self._with_status(TrialStatus.COMPLETED)]
+        return self._rule.should_stop(self.trial(trial_id).curve(tag), completed)
+
+    def _check_failures(self) -> None:
+        failed = self._with_status(TrialStatus.FAILED)
+        budget = self.spec.failure_budget
+        if len(failed) > budget:
+            last = [(t.id, t.error or "") for t in sorted(failed, key=lambda t: t.updated_at)[-3:]]
+            detail = "; ".join(f"trial {i}: {e.strip().splitlines()[-1] if e.strip() else 'no error text'}"
+                               + (f" (log: {self._trials[i].log_path})" if self._trials[i].log_path else "")
+                               for i, e in last)
+            raise StudyFailedError(
+                f"{len(failed)} of {len(self._trials)} trials failed, more than max_failed_trials={budget}. "
+                f"Last errors: {detail}. Fix the trial error, or raise max_failed_trials.",
+                failed_count=len(failed), max_failed_trials=budget, last_errors=last)
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()

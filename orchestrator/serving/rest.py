@@ -1,0 +1,186 @@
+"""The REST API of TF Serving over a threaded HTTP/1.1 server.
+
+Routes: ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]`` (status), ``.../metadata``,
+``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``, and ``GET <prometheus path>`` (request counts).
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model/version/label/route),
+413 (body over ``max_body_bytes``) or 503 (batch queue full).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional, Tuple
+
+from orchestrator.serving.codec import decode_rest, encode_rest
+from orchestrator.serving.manager import ModelManager
+from orchestrator.serving.status import ErrorCode, RequestError, invalid, not_found
+
+log = logging.getLogger("tfscale.serving")
+
+_ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
+                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+                    r"(?P<tail>/metadata|:predict|:classify|:regress)?/?$")
+
+
+def _version(text: Optional[str]) -> Optional[int]:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise invalid(f"Version '{text}' in the URL is not a number; use /versions/<N> or /labels/<label>")
+    return int(text)
+
+
+def status_json(manager: ModelManager, name: str, version: Optional[int], label: Optional[str]) -> Dict[str, Any]:
+    """TF Serving's GetModelStatus answer as JSON."""
+    return {"model_version_status": [
+        {"version": str(v), "state": st.state, "status": {"error_code": st.error_code, "error_message": st.error}}
+        for v, st in manager.status(name, version, label)]}
+
+
+def metadata_json(manager: ModelManager, name: str, version: Optional[int], label: Optional[str]) -> Dict[str, Any]:
+    """TF Serving's GetModelMetadata answer as JSON (signature_def map)."""
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    with manager.resolve(name, version, label) as lv:
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for k, v in lv.signature_defs().items():
+            defs.signature_def[k].CopyFrom(v)
+        return {"model_spec": {"name": name, "signature_name": "", "version": str(lv.version)},
+                "metadata": {"signature_def": json_format.MessageToDict(defs, preserving_proto_field_name=True)}}
+
+
+class Counters:
+    """Request counts by route and HTTP status, exported in Prometheus text format."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: Dict[Tuple[str, int], int] = {}
+
+    def add(self, route: str, status: int) -> None:
+        with self._lock:
+            self._counts[(route, status)] = self._counts.get((route, status), 0) + 1
+
+    def prometheus(self) -> str:
+        lines = ["# TYPE tfscale_serving_requests_total counter"]
+        with self._lock:
+            for (route, status), n in sorted(self._counts.items()):
+                lines.append(f'tfscale_serving_requests_total{{route="{route}",code="{status}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: TF Serving clients reuse connections
+    # Headers and body leave in one segment, without Nagle: otherwise every keep-alive answer waits
+    # for the client's delayed ACK (~40 ms).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+    server: "RestServer"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("rest %s - " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, payload: Any, content_type: str = "application/json", close: bool = False) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, err: RequestError, close: bool = False) -> None:
+        self.server.counters.add("error", err.code.http_status)
+        self._send(err.code.http_status, {"error": err.message}, close=close)
+
+    def _route(self):
+        path = self.path.split("?", 1)[0]
+        m = _ROUTE.match(path)
+        if m is None:
+            raise not_found(f"Malformed request: {self.command} {path}; "
+                            "use /v1/models/<name>[/versions/<N>|/labels/<label>][/metadata|:predict]")
+        return m.group("name"), _version(m.group("version")), m.group("label"), m.group("tail") or ""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        try:
+            if self.path.split("?", 1)[0] == self.server.metrics_path:
+                self._send(200, self.server.counters.prometheus().encode(), "text/plain; version=0.0.4")
+                return
+            name, version, label, tail = self._route()
+            if tail == "":
+                payload = status_json(self.server.manager, name, version, label)
+            elif tail == "/metadata":
+                payload = metadata_json(self.server.manager, name, version, label)
+            else:
+                raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{tail[1:]} needs POST")
+            self.server.counters.add("status" if tail == "" else "metadata", 200)
+            self._send(200, payload)
+        except RequestError as e:
+            self._error(e)
+        except Exception as e:  # the server stays up whatever a request does
+            log.exception("GET %s failed", self.path)
+            self._error(RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.isdigit():
+            self._error(RequestError(ErrorCode.INVALID_ARGUMENT, "A Content-Length header is required"), close=True)
+            return
+        length = int(length_text)
+        if length > self.server.max_body_bytes:
+            # The body is not read, so the connection cannot be reused.
+            self._error(RequestError(ErrorCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the "
+                                     f"limit of {self.server.max_body_bytes} (serving.max_body_bytes)"), close=True)
+            return
+        raw = self.rfile.read(length)
+        try:
+            name, version, label, tail = self._route()
+            if tail != ":predict":
+                if tail in (":classify", ":regress"):
+                    raise RequestError(ErrorCode.UNIMPLEMENTED, f"{tail[1:]} is not supported by this server; use :predict")
+                raise invalid(f"POST needs :predict at the end of the URL, got {self.path}")
+            try:
+                body = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise invalid(f"JSON Parse error: {e}") from None
+            self._send(200, self.server.predict(name, version, label, body))
+            self.server.counters.add("predict", 200)
+        except RequestError as e:
+            self._error(e)
+        except Exception as e:
+            log.exception("POST %s failed", self.path)
+            self._error(RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+
+class RestServer(ThreadingHTTPServer):
+    """The REST endpoint bound to ``(host, port)`` (port 0 picks a free one; see ``server_port``)."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, host: str, port: int, manager: ModelManager, *, allow_nonfinite: bool, max_body_bytes: int,
+                 metrics_path: str = "/monitoring/prometheus/metrics"):
+        super().__init__((host, port), _Handler)
+        self.manager = manager
+        self.allow_nonfinite = allow_nonfinite
+        self.max_body_bytes = max_body_bytes
+        self.metrics_path = metrics_path
+        self.counters = Counters()
+
+    def predict(self, name: str, version: Optional[int], label: Optional[str], body: Any) -> Dict[str, Any]:
+        """Answer one predict body."""
+        if not isinstance(body, dict):
+            raise invalid("The request body must be a JSON object with \"instances\" or \"inputs\"")
+        signature_name = body.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise invalid("'signature_name' must be a string")
+        with self.manager.resolve(name, version, label) as lv:
+            sig = lv.signature(signature_name)
+            inputs, fmt = decode_rest(body, sig.inputs, self.allow_nonfinite)
+            outputs = sig.run(inputs)
+        return encode_rest(outputs, fmt)

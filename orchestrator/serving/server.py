@@ -1,0 +1,139 @@
+"""The embedded server: a :class:`ModelManager` behind the REST and gRPC endpoints, plus the poller."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from orchestrator.errors import ConfigError
+from orchestrator.serving.config_files import MODELS_CONFIG, atomic_write, read_models_config
+from orchestrator.serving.manager import ModelManager
+from orchestrator.serving.repository import ModelEntry, VersionPolicy, discover_models, version_dirs
+
+log = logging.getLogger("tfscale.serving")
+
+
+def policy_of(p: Any) -> VersionPolicy:
+    """A :class:`VersionPolicy` from a ``version_policy`` config node."""
+    return VersionPolicy(p.policy, int(p.num_versions), tuple(int(v) for v in p.versions))
+
+
+def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Optional[List[ModelEntry]]]]]:
+    """The models to serve per :class:`~orchestrator.serving.schema.ServingConfig` ``s``, and a re-reader.
+
+    A models.config is re-read on every poll when its modification time changes, so editing it (or
+    ``tfscale rollback``) takes effect without a restart.
+    """
+    base = Path(s.model_base)
+    config_file = Path(s.model_config_file) if s.model_config_file else None
+    if config_file is None and not s.model_name and (base / MODELS_CONFIG).exists():
+        config_file = base / MODELS_CONFIG
+    if config_file is not None:
+        if not config_file.exists():
+            raise ConfigError("serving.model_config_file", str(config_file), "No such file; write one with deploy=tf_serving or point to an existing models.config.")
+        entries = read_models_config(config_file)
+        if not entries:
+            raise ConfigError("serving.model_config_file", str(config_file), "It lists no models; add a model_config_list entry.")
+        seen = {"mtime": os.stat(config_file).st_mtime}
+
+        def reread() -> Optional[List[ModelEntry]]:
+            try:
+                mtime = os.stat(config_file).st_mtime
+            except FileNotFoundError:
+                return None
+            if mtime == seen["mtime"]:
+                return None
+            seen["mtime"] = mtime
+            try:
+                return read_models_config(config_file)
+            except ConfigError as e:  # a broken edit keeps the previous config serving
+                log.error("ignoring unreadable %s: %s", config_file, e)
+                return None
+
+        return entries, reread
+    policy = policy_of(s.version_policy)
+    labels = {str(k): int(v) for k, v in dict(s.version_labels).items()}
+    if s.model_name:
+        path = (base / s.model_name).resolve()
+        if not path.is_dir():
+            raise ConfigError("serving.model_name", s.model_name, f"No model directory {path}; check serving.model_base and serving.model_name.")
+        if not version_dirs(path):
+            log.warning("%s has no numeric version directory yet; waiting for one to be published", path)
+        return [ModelEntry(s.model_name, str(path), policy, labels)], None
+    entries = discover_models(base, policy, labels)
+    if not entries:
+        raise ConfigError("serving.model_base", s.model_base, f"No models.config and no model with a version under {base.resolve()}; "
+                          "export a model first or set serving.model_config_file.")
+    return entries, None
+
+
+class EmbeddedServer:
+    """REST + gRPC TF-Serving-compatible server over a model repository (start / stop / wait)."""
+
+    def __init__(self, s: Any):
+        self.settings = s
+        entries, source = model_source(s)
+        self.manager = ModelManager(entries, batching=s.batching, warmup=s.warmup, entries_source=source)
+        self.rest = None
+        self.grpc = None
+        self.rest_port: Optional[int] = None
+        self.grpc_port: Optional[int] = None
+        self._rest_thread: Optional[threading.Thread] = None
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+
+    def start(self) -> "EmbeddedServer":
+        """Load the models, then open the ports (so a client that can connect finds versions loaded)."""
+        from orchestrator.serving.grpc_service import start_grpc
+        from orchestrator.serving.rest import RestServer
+
+        s = self.settings
+        self.manager.poll_once()
+        self.rest = RestServer(s.host, s.rest_port, self.manager, allow_nonfinite=s.allow_nonfinite,
+                               max_body_bytes=s.max_body_bytes)
+        self.rest_port = self.rest.server_address[1]
+        self._rest_thread = threading.Thread(target=self.rest.serve_forever, kwargs={"poll_interval": 0.2},
+                                             name="rest", daemon=True)
+        self._rest_thread.start()
+        if s.grpc_port >= 0:
+            self.grpc, self.grpc_port = start_grpc(self.manager, s.host, s.grpc_port, allow_nonfinite=s.allow_nonfinite,
+                                                   max_workers=s.grpc_max_workers, tls_cert=s.grpc_tls_cert,
+                                                   tls_key=s.grpc_tls_key)
+        self.manager.start_polling(s.file_system_poll_wait_seconds)
+        log.info("serving %s: REST http://%s:%s  gRPC %s:%s%s", ", ".join(self.manager.model_names()), s.host,
+                 self.rest_port, s.host, self.grpc_port, " (TLS)" if s.grpc_tls_cert else "")
+        if s.ready_file:
+            atomic_write(Path(s.ready_file), json.dumps({"rest_port": self.rest_port, "grpc_port": self.grpc_port,
+                                                         "pid": os.getpid(), "host": s.host}))
+        return self
+
+    def stop(self) -> None:
+        """Close both endpoints and unload every model (idempotent)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._wake.set()
+        if self.grpc is not None:
+            self.grpc.stop(grace=2.0).wait(5)
+        if self.rest is not None:
+            self.rest.shutdown()
+            self.rest.server_close()
+        self.manager.stop()
+        log.info("server stopped")
+
+    def wait(self) -> None:
+        """Block until SIGINT/SIGTERM (main thread) or :meth:`stop`."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self._wake.set())
+        self._wake.wait()
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

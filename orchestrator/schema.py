@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from orchestrator.serving.schema import ServingConfig, TfServingDeployConfig
+
 
 # --------------------------------------------------------------------------------------------- data
 @dataclass
@@ -218,6 +220,7 @@ class DeployConfig:
     """
 
     target: str = "none"
+    tf_serving: TfServingDeployConfig = field(default_factory=TfServingDeployConfig)
 
 
 @dataclass
@@ -247,7 +250,7 @@ class ExperimentConfig:
     experiment: ExperimentMeta = field(default_factory=ExperimentMeta)
     # Groups added by optional subsystems (serving, vertex, study) are untyped here and typed by their
     # own option schemas.
-    serving: Any = None
+    serving: ServingConfig = field(default_factory=ServingConfig)
     vertex: Any = None
     study: Any = None
     runs_dir: str = "runs"

@@ -42,7 +42,7 @@ class GaussianProcessBandit(Designer):
     """
 
     def __init__(self, spec: StudySpec, seed: int = 0, *, num_initial: int | None = None,
-                 num_candidates: int = 2000, num_refine: int = 4, xi: float = 0.01, warp_delta: float = 0.05):
+                 num_candidates: int = 2000, num_refine: int = 4, xi: float = 0.001, warp_delta: float = 1e-3):
         super().__init__(spec, seed)
         self._codec = UnitCodec(spec, one_hot=True)
         self._initial = QuasiRandomDesigner(spec, seed)

@@ -201,14 +201,19 @@ class ClusterConfig:
 # ------------------------------------------------------------------------------------- quantization
 @dataclass
 class QuantizationConfig:
-    """TFLite conversion of the exported model: none | dynamic | float16 | int8 | qat."""
+    """TFLite conversion of the trained model: none | dynamic | float16 | int8 | qat.
+
+    The converted file is published as ``<model_base>/<model_name>/<NNNN>.<mode>.tflite`` beside the
+    SavedModel version (see ``orchestrator.quantization``). ``qat`` trains the wrapped model for
+    ``trainer.epochs``.
+    """
 
     mode: str = "none"
-    calibration_batches: int = 100
+    calibration_batches: int = 100  # int8 / qat: representative batches drawn from the training split
     calibration_batch_size: int = 1
-    int8_io: bool = False  # int8: integer input/output tensors instead of float
-    max_accuracy_drop: Optional[float] = None  # accuracy points (0..1 scale) the converted model may lose
-    qat_epochs: Optional[int] = None  # qat: null = trainer.epochs
+    int8_io: bool = False  # int8 / qat: integer input/output tensors instead of float
+    dense_per_channel: bool = False  # per-channel (vs per-tensor) scales for Dense kernels: larger file
+    max_accuracy_drop: Optional[float] = None  # gate: accuracy (0..1 scale) the converted model may lose; null = none
 
 
 # ------------------------------------------------------------------------------------------- deploy

@@ -86,7 +86,7 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
 
 def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -> Dict[str, Any]:
     """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json."""
-    from orchestrator import deploy
+    from orchestrator import deploy, quantization
     from orchestrator.data import load_splits, make_dataset
     from orchestrator.export import export_version
     from orchestrator.models import build_model
@@ -126,6 +126,7 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
     test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0)
     with strategy.scope():
         model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
+        model = quantization.prepare_model(cfg, model, splits.x_train)  # qat: wrapped before compile/training
 
     fit_start = time.time()
     history = model.fit(train_ds, epochs=int(t.epochs), validation_data=val_ds, steps_per_epoch=t.steps_per_epoch,
@@ -149,12 +150,18 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         "logical_devices": applied["logical_devices"],
         "model_version": None,
     }
+    # Converted and gated before the version is published: a failed gate (GateError) publishes nothing.
+    conversion = quantization.convert_and_gate(cfg, model, splits, run_dir) if identity.is_chief else None
     if identity.is_chief and cfg.export.enabled:
         version_dir = export_version(tf, model, cfg, splits.input_shape, {
             "run_dir": str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
             "config": OmegaConf.to_container(cfg, resolve=True), "test": metrics["test"]})
         metrics["model_version"] = str(version_dir)
+        if conversion is not None:
+            conversion.publish(version_dir)
         metrics["deploy"] = deploy.get(cfg.deploy.target).deploy(cfg, version_dir, run_dir)
+    if conversion is not None:
+        metrics["quantization"] = conversion.report
     metrics["wall_seconds"] = round(time.time() - started, 3)
     if identity.is_chief:
         write_json(run_dir / "metrics.json", metrics)

@@ -157,6 +157,9 @@ def validate(cfg: Any) -> Dict[str, Any]:
     check_model(cfg.model)
     check_trainer(cfg.trainer)
     check_export(cfg.export)
+    from orchestrator.quantization import check as check_quantization
+
+    check_quantization(cfg)
     check_backend(cfg)
     plan = plan_devices(cfg.topology)
     replicas = check_strategy(cfg, plan)

@@ -1,0 +1,445 @@
+"""TFLite conversion of the trained model, evaluated against the float model and gated.
+
+Modes (``quantization.mode``):
+
+- ``none`` — no conversion.
+- ``dynamic`` — dynamic-range quantization: int8 weights, float activations.
+- ``float16`` — float16 weights.
+- ``int8`` — full integer quantization of weights and activations, calibrated on
+  ``quantization.calibration_batches`` batches of ``quantization.calibration_batch_size`` examples drawn
+  from the experiment's own training split; ``quantization.int8_io`` makes the input and output tensors
+  int8 too (otherwise they stay float and the model quantizes at its edges).
+- ``qat`` — quantization-aware training: the tf_keras model is wrapped with the model optimization
+  toolkit before it is compiled and trained, then converted to full int8 like ``int8``.
+
+Every converted model runs in the LiteRT interpreter (one thread) on the test split next to a float32
+TFLite conversion of the same SavedModel, which is the size and latency baseline; the accuracy baseline
+is the float model itself (the SavedModel's ``serving_default``; for ``qat`` that is the trained model
+with its fake-quantization ops in float). The report goes to ``metrics.json`` under ``quantization``
+and is printed as a table. ``quantization.max_accuracy_drop`` (accuracy on a 0..1 scale) is the gate.
+
+Where files go. The converted file is published beside the SavedModel version, with its number and
+the mode in its name::
+
+    <model_base>/<model_name>/0001/               the SavedModel version
+    <model_base>/<model_name>/0001.int8.tflite    its int8 conversion
+
+A model server loads only directories with a numeric name, so the file is invisible to it. The file is
+written to a hidden temporary file in the same directory and renamed into place. The float32 baseline
+and the converted file are also kept in the run directory under ``quantization/``.
+
+Conversion and the gate run *before* the version is published (from a staging SavedModel in the run
+directory, saved with the same signature): a run that fails its gate leaves no new version and no
+``.tflite`` file in the model repository.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from orchestrator.errors import ConfigError, GateError
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "dynamic", "float16", "int8", "qat")
+CALIBRATED_MODES = ("int8", "qat")
+
+# tf_keras layer classes the toolkit's default 8-bit scheme can wrap (its Default8BitQuantizeRegistry),
+# plus Rescaling, which tfscale puts in front of every model and annotates itself. Checking declared
+# layers against this list catches an unwrappable model before TensorFlow is imported.
+QAT_LAYERS = frozenset({
+    "Activation", "ReLU", "Softmax", "LeakyReLU", "Concatenate", "Add", "Dense", "Conv2D", "DepthwiseConv2D",
+    "Conv2DTranspose", "Cropping1D", "Cropping2D", "Cropping3D", "UpSampling2D", "ZeroPadding1D",
+    "ZeroPadding2D", "ActivityRegularization", "Dropout", "Flatten", "Permute", "Reshape", "SpatialDropout1D",
+    "SpatialDropout2D", "SpatialDropout3D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D", "MaxPooling2D", "BatchNormalization", "InputLayer", "Rescaling",
+})
+
+# Training-set sizes of the built-in datasets before splitting (the Keras datasets bring their own test set).
+_DATASET_ROWS = {"digits": 1797, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+_OWN_TEST_SET = {"mnist", "fashion_mnist", "cifar10"}
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _count_file_rows(d: Any) -> Optional[int]:
+    """Examples in a local ``data=files`` npz/csv file, or None when that is not cheap to know."""
+    from orchestrator.validation import data_format
+
+    if not d.path or "://" in d.path or not os.path.exists(d.path):
+        return None
+    fmt = data_format(d.path, d.format)
+    if fmt == "csv":
+        with open(d.path) as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)
+    if fmt == "npz":
+        with np.load(d.path) as npz:
+            return int(npz[d.label_key].shape[0]) if d.label_key in npz.files else None
+    return None
+
+
+def expected_train_rows(d: Any) -> Optional[int]:
+    """Rows the training split will hold, computed the way ``data.load_splits`` splits; None if unknown."""
+    n = _DATASET_ROWS.get(d.name) if d.name != "files" else _count_file_rows(d)
+    if n is None:
+        return None
+    if d.limit:
+        n = min(n, int(d.limit))
+    test = 0.0 if d.name in _OWN_TEST_SET else float(d.test_split)
+    rest = n - (math.ceil(test * n) if test > 0 else 0)
+    if d.validation_split > 0 and rest > 0:
+        rest -= math.ceil(d.validation_split / (1.0 - test) * rest)
+    return max(0, rest)
+
+
+def _check_qat_layers(cfg: Any) -> None:
+    m = cfg.model
+    if m.builder:
+        return  # a builder's layers are known only once it runs; prepare_model checks them before training
+    for i, layer in enumerate(m.layers):
+        target = str(layer.get("_target_", ""))
+        cls = target.rsplit(".", 1)[-1]
+        if cls not in QAT_LAYERS:
+            raise ConfigError(
+                f"model.layers[{i}]._target_", target,
+                f"quantization=qat wraps the model with tensorflow-model-optimization, whose default 8-bit scheme "
+                f"cannot quantize {cls}. Replace the layer with one it supports ({', '.join(sorted(QAT_LAYERS - {'InputLayer'}))}), "
+                f"or use post-training quantization instead: quantization=int8.")
+
+
+def check(cfg: Any) -> None:
+    """Validate the ``quantization`` group against the rest of the experiment (no TensorFlow imported)."""
+    q = cfg.quantization
+    if q.mode not in MODES:
+        raise ConfigError("quantization.mode", q.mode, f"Use one of: {', '.join(MODES)} (e.g. quantization=int8).")
+    if q.max_accuracy_drop is not None and not 0.0 <= q.max_accuracy_drop < 1.0:
+        raise ConfigError("quantization.max_accuracy_drop", q.max_accuracy_drop,
+                          "It is the accuracy (0..1 scale) the converted model may lose: use a value in [0, 1), "
+                          "e.g. 0.005 for half a point, or null for no gate.")
+    if q.mode == "none":
+        return
+    if q.mode in CALIBRATED_MODES:
+        if q.calibration_batches < 1:
+            raise ConfigError("quantization.calibration_batches", q.calibration_batches,
+                              f"quantization={q.mode} calibrates activation ranges on batches of the training split: "
+                              "use at least 1, e.g. quantization.calibration_batches=100.")
+        if q.calibration_batch_size < 1:
+            raise ConfigError("quantization.calibration_batch_size", q.calibration_batch_size,
+                              "Use at least 1 example per calibration batch.")
+        rows = expected_train_rows(cfg.data)
+        if rows == 0:
+            key = "data.path" if cfg.data.name == "files" else "data.validation_split"
+            value = cfg.data.path if cfg.data.name == "files" else cfg.data.validation_split
+            raise ConfigError(key, value,
+                              f"quantization={q.mode} draws its calibration batches from the training split, and this data "
+                              "config leaves no training rows. Give data with examples in it, lower data.validation_split / "
+                              "data.test_split or raise data.limit; or use quantization=dynamic or float16, which need no calibration.")
+    if q.mode == "qat":
+        if cfg.trainer.mixed_precision != "none":
+            raise ConfigError("trainer.mixed_precision", cfg.trainer.mixed_precision,
+                              "quantization=qat trains with float32 fake-quantization ops: set trainer.mixed_precision=none.")
+        _check_qat_layers(cfg)
+
+
+# ------------------------------------------------------------------------------------------ training
+def _import_tfmot():
+    from orchestrator.tf_env import prepare_environment
+
+    prepare_environment()  # the toolkit imports TensorFlow; the legacy-Keras switch must be set first
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
+    """Get the freshly built model ready for this quantization mode; call inside the strategy's scope.
+
+    Checks that the training split yields calibration batches (int8, qat) and, for ``qat``, returns the
+    model wrapped by ``tfmot.quantization.keras`` and compiled like the original. Raises ConfigError
+    before any training is spent.
+    """
+    q = cfg.quantization
+    if q.mode in CALIBRATED_MODES and len(x_train) == 0:
+        raise ConfigError("quantization.mode", q.mode, "The training split is empty, so there is nothing to calibrate "
+                          "int8 activation ranges on. Give data with training rows, or use quantization=dynamic or float16.")
+    if q.mode != "qat":
+        return model
+    from orchestrator.tf_env import import_keras
+
+    keras = import_keras()
+    tfmot = _import_tfmot()
+    qk = tfmot.quantization.keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (
+        Default8BitOutputQuantizeConfig,
+    )
+
+    def annotate(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, keras.layers.Rescaling):
+            # The registry has no entry for Rescaling; quantizing its output keeps the graph integer-only.
+            return qk.quantize_annotate_layer(layer.__class__.from_config(layer.get_config()), Default8BitOutputQuantizeConfig())
+        return qk.quantize_annotate_layer(layer.__class__.from_config(layer.get_config()))
+
+    try:
+        annotated = keras.models.clone_model(model, clone_function=annotate)
+        with qk.quantize_scope({"Default8BitOutputQuantizeConfig": Default8BitOutputQuantizeConfig}):
+            wrapped = qk.quantize_apply(annotated)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        key = "model.builder" if cfg.model.builder else "model.layers"
+        raise ConfigError(key, cfg.model.builder or "[...]",
+                          f"quantization=qat could not wrap this model with tensorflow-model-optimization ({exc}). "
+                          "Use layers its default 8-bit scheme supports, or post-training quantization: quantization=int8.") from exc
+    opt = model.optimizer
+    wrapped.compile(optimizer=opt.__class__.from_config(opt.get_config()), loss=model.loss, metrics=list(cfg.model.metrics),
+                    steps_per_execution=int(cfg.strategy.steps_per_execution))
+    log.info("quantization-aware training: %d layers wrapped", len(wrapped.layers))
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def calibration_batches(x_train: np.ndarray, batches: int, batch_size: int, seed: int = 0) -> List[np.ndarray]:
+    """Up to ``batches`` batches of training rows (a seeded sample, so reruns calibrate alike)."""
+    n = min(len(x_train), batches * batch_size)
+    idx = np.random.default_rng(seed).permutation(len(x_train))[:n]
+    rows = x_train[idx].astype("float32")
+    return [rows[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[np.ndarray]] = None,
+            int8_io: bool = False, dense_per_channel: bool = False) -> bytes:
+    """Convert a SavedModel to TFLite; ``mode`` is ``float32`` (no optimization) or a quantization mode.
+
+    Dense layers get one scale per tensor unless ``dense_per_channel``: per-channel parameters cost a
+    float scale and an int64 zero point per output unit for the kernel and again for the bias, which
+    for a small MLP is a sixth of the int8 file. Convolutions stay per-channel either way.
+    """
+    from orchestrator.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if mode == "float32":
+        return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # The converter exposes this switch only as an attribute; it is the one TFLite's own tools use.
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = not dense_per_channel
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode in CALIBRATED_MODES:
+        if not calibration:
+            raise ConfigError("quantization.calibration_batches", 0, f"quantization={mode} needs at least one calibration batch.")
+
+        def representative() -> Iterator[List[np.ndarray]]:
+            for batch in calibration:
+                yield [batch]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    elif mode != "dynamic":
+        raise ConfigError("quantization.mode", mode, f"Use one of: {', '.join(MODES)}.")
+    return converter.convert()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class TfliteResult:
+    """One TFLite model on the test split."""
+
+    bytes: int
+    accuracy: float
+    latency_ms: float
+    predictions: np.ndarray
+
+
+def _interpreter(content: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=content, num_threads=1)
+
+
+def _quantize_input(x: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype("float32") - zero) * scale
+    return y
+
+
+def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name: str) -> TfliteResult:
+    """Run the model one example at a time (one thread); accuracy and mean latency per example."""
+    interp = _interpreter(content)
+    runner = interp.get_signature_runner()
+    in_name, in_detail = next(iter(runner.get_input_details().items()))
+    out_details = runner.get_output_details()
+    out_name = output_name if output_name in out_details else next(iter(out_details))
+    preds = np.empty(len(x), dtype="int64")
+    total = 0.0
+    for i in range(len(x)):
+        feed = _quantize_input(x[i:i + 1], in_detail)
+        start = time.perf_counter()
+        out = runner(**{in_name: feed})
+        total += time.perf_counter() - start
+        preds[i] = int(np.argmax(_dequantize(out[out_name], out_details[out_name])[0]))
+    return TfliteResult(bytes=len(content), accuracy=float(np.mean(preds == y)) if len(y) else float("nan"),
+                        latency_ms=1000.0 * total / max(1, len(x)), predictions=preds)
+
+
+def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256) -> np.ndarray:
+    """Class predictions of the float SavedModel's ``serving_default`` signature."""
+    from orchestrator.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    fn = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    arg = next(iter(fn.structured_input_signature[1]))
+    out = [fn(**{arg: tf.constant(x[i:i + batch_size], tf.float32)})[output_name].numpy() for i in range(0, len(x), batch_size)]
+    return np.argmax(np.concatenate(out), axis=-1) if out else np.zeros(0, dtype="int64")
+
+
+def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.ndarray, *, output_name: str,
+            calibration: Optional[Sequence[np.ndarray]] = None, int8_io: bool = False, dense_per_channel: bool = False,
+            float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Convert ``saved_model_dir`` with ``mode`` and measure it against the float model.
+
+    Returns the report recorded under ``quantization`` in metrics.json; the converted bytes are under
+    the private key ``_content``.
+    """
+    baseline_bytes = float32_tflite or convert(saved_model_dir, "float32")
+    content = convert(saved_model_dir, mode, calibration=calibration, int8_io=int8_io, dense_per_channel=dense_per_channel)
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        (keep_dir / "float32.tflite").write_bytes(baseline_bytes)
+        (keep_dir / f"{mode}.tflite").write_bytes(content)
+    ref = float_predictions(saved_model_dir, x_test, output_name=output_name)
+    base = evaluate_tflite(baseline_bytes, x_test, y_test, output_name=output_name)
+    quant = evaluate_tflite(content, x_test, y_test, output_name=output_name)
+    float_acc = float(np.mean(ref == y_test)) if len(y_test) else float("nan")
+    return {
+        "mode": mode,
+        "int8_io": bool(int8_io) if mode in CALIBRATED_MODES else None,
+        "calibration_batches": len(calibration) if mode in CALIBRATED_MODES and calibration else None,
+        "test_examples": int(len(y_test)),
+        "float": {"accuracy": float_acc, "tflite_bytes": base.bytes, "latency_ms": round(base.latency_ms, 5)},
+        "quantized": {"accuracy": quant.accuracy, "tflite_bytes": quant.bytes, "latency_ms": round(quant.latency_ms, 5)},
+        "size_ratio": round(quant.bytes / base.bytes, 4),
+        "agreement": float(np.mean(quant.predictions == ref)) if len(ref) else float("nan"),
+        "accuracy_drop": round(float_acc - quant.accuracy, 6),
+        "latency_ratio": round(quant.latency_ms / base.latency_ms, 4) if base.latency_ms else None,
+        "_content": content,
+    }
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    """The report as a small table: the float32 baseline and the converted model side by side."""
+    rows = [("float32", report["float"], 1.0, 1.0), (report["mode"], report["quantized"], report["size_ratio"], report["agreement"])]
+    lines = [f"{'model':<10}{'size KB':>10}{'ratio':>8}{'accuracy':>10}{'agreement':>11}{'latency ms':>12}"]
+    for name, r, ratio, agree in rows:
+        acc = r["accuracy"] if name != "float32" else report["float"]["accuracy"]
+        lines.append(f"{name:<10}{r['tflite_bytes'] / 1024:>10.1f}{ratio:>8.3f}{acc:>10.4f}{agree:>11.4f}{r['latency_ms']:>12.4f}")
+    gate = report.get("max_accuracy_drop")
+    lines.append(f"accuracy drop {report['accuracy_drop'] * 100:+.2f} points" + (f" (gate: at most {gate * 100:.2f})" if gate is not None else ""))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ publishing
+def tflite_path(version_dir: Path, mode: str) -> Path:
+    """Where the conversion of a version is published: ``<model_dir>/<NNNN>.<mode>.tflite``."""
+    version_dir = Path(version_dir)
+    return version_dir.parent / f"{version_dir.name}.{mode}.tflite"
+
+
+def publish_file(target: Path, content: bytes) -> Path:
+    """Write ``content`` to ``target`` atomically (hidden temporary sibling, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file private to its owner; a published model is read by servers and users.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+@dataclass
+class Conversion:
+    """A converted model that passed its gate, waiting for the version it belongs to."""
+
+    report: Dict[str, Any]
+    content: bytes
+
+    def publish(self, version_dir: Optional[Path]) -> Dict[str, Any]:
+        """Publish beside ``version_dir`` (None: export disabled, nothing published); return the report."""
+        if version_dir is not None:
+            path = publish_file(tflite_path(version_dir, self.report["mode"]), self.content)
+            self.report["file"] = str(path)
+            log.info("published %s", path)
+        return self.report
+
+
+def convert_and_gate(cfg: Any, model: Any, splits: Any, run_dir: Path) -> Optional[Conversion]:
+    """Convert the trained model per ``quantization``, evaluate it, print the table and apply the gate.
+
+    Returns None for ``mode=none``. Raises GateError (after writing ``quantization/report.json`` in the
+    run directory) when the accuracy drop exceeds ``quantization.max_accuracy_drop``.
+    """
+    q = cfg.quantization
+    if q.mode == "none":
+        return None
+    from orchestrator.export import save_model
+    from orchestrator.tf_env import import_tensorflow
+
+    tf = import_tensorflow()
+    work = Path(run_dir) / "quantization"
+    staging = work / "saved_model"
+    save_model(tf, model, staging, splits.input_shape, cfg.export.input_name, cfg.export.output_name)
+    calib = calibration_batches(splits.x_train, int(q.calibration_batches), int(q.calibration_batch_size),
+                                seed=int(cfg.trainer.seed)) if q.mode in CALIBRATED_MODES else None
+    if calib is not None and len(calib) < q.calibration_batches:
+        log.warning("the training split holds %d rows: calibrating on %d batches instead of quantization.calibration_batches=%d",
+                    len(splits.x_train), len(calib), q.calibration_batches)
+    report = compare(staging, q.mode, splits.x_test, splits.y_test, output_name=cfg.export.output_name,
+                     calibration=calib, int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel), keep_dir=work)
+    content = report.pop("_content")
+    report["max_accuracy_drop"] = q.max_accuracy_drop
+    report["file"] = None
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"tfscale: quantization={q.mode} on {report['test_examples']} test examples\n{format_table(report)}")
+    if q.max_accuracy_drop is not None and report["accuracy_drop"] > q.max_accuracy_drop:
+        raise GateError(
+            f"quantization={q.mode} lost {report['accuracy_drop'] * 100:.2f} accuracy points "
+            f"({report['float']['accuracy']:.4f} -> {report['quantized']['accuracy']:.4f}), more than "
+            f"quantization.max_accuracy_drop={q.max_accuracy_drop} allows; nothing was published. "
+            + ("Raise quantization.calibration_batches, set quantization.int8_io=false, or try quantization=qat"
+               if q.mode == "int8" else "Try a milder mode (float16, dynamic) or quantization=qat")
+            + f", or relax the gate. Measurements: {work / 'report.json'}")
+    return Conversion(report, content)

@@ -85,7 +85,7 @@ def _override_value(overrides: Sequence[str], key: str) -> Any:
 def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
     """Turn a Hydra/OmegaConf composition error into a ConfigError naming key, value and fix."""
     from hydra.errors import MissingConfigException
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     if isinstance(exc, MissingConfigException):
         text = str(exc)
@@ -98,15 +98,16 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
             hint = f" Did you mean {group}={near[0]}?" if near else ""
             return ConfigError(group, option, f"'{option}' is not an option of the '{group}' group. Choose one of: {', '.join(options)}.{hint}")
         return ConfigError(missing, None, text.strip().replace("\n", " "))
-    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    cause: Optional[BaseException] = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
     if isinstance(cause, OmegaConfBaseException):
         full_key = getattr(cause, "full_key", None) or ""
-        text = str(exc)
-        m = re.search(r"override '([^']+)'", text)
-        if m:
+        m = re.search(r"override '([^']+)'", str(exc))
+        if m and not full_key:
             full_key = m.group(1)
         value = _override_value(overrides, full_key)
-        if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause):
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             parts = full_key.split(".")
             keys = _schema_keys(parts[:-1]) if len(parts) > 1 else _schema_keys([])
             where = ".".join(parts[:-1]) or "the root config"

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from orchestrator.vertex.schema import VertexConfig, VertexDeployConfig
+
 from orchestrator.serving.schema import ServingConfig, TfServingDeployConfig
 
 
@@ -85,6 +87,7 @@ class TopologyConfig:
     ``cpu_devices`` > 1 splits the CPU into logical devices (multi-replica strategies without a GPU).
     ``gpus`` becomes ``CUDA_VISIBLE_DEVICES`` (null: leave as is; []: hide every GPU).
     ``virtual_gpus`` > 1 splits each visible GPU into that many logical GPUs of ``gpu_memory_limit_mb``.
+    A memory limit (virtual GPUs included) takes precedence over ``gpu_memory_growth``: TensorFlow allows one.
     ``on_missing_gpu``: ``error`` (default) or ``cpu_fallback`` — an explicit, logged fallback.
     """
 
@@ -165,15 +168,22 @@ class BackendConfig:
     """Where the tasks of a run execute: ``local`` | ``processes`` | ``ray`` | ``vertex``."""
 
     name: str = "local"
-    max_restarts: int = 0  # processes / ray: restarts of a failed task (needs trainer.backup_and_restore)
-    start_timeout_s: float = 120.0
-    ray_address: Optional[str] = None  # ray: null = start a local Ray; "auto"; "ray://host:port"
-    placement_strategy: Optional[str] = None  # ray: PACK | SPREAD | STRICT_SPREAD
+    max_restarts: int = 0  # processes / ray: restarts of the job's tasks after one died (needs trainer.backup_and_restore)
+    start_timeout_s: float = 120.0  # ray: how long actors / a placement group may take to be scheduled
+    stop_timeout_s: float = 10.0  # processes / ray: SIGTERM → SIGKILL grace when tasks are stopped
+    evaluator_grace_s: float = 120.0  # how long the evaluator may keep evaluating after the chief finished
+    stream_logs: bool = True  # processes / ray: echo task output with a "[worker:1] " prefix
+    ray_address: Optional[str] = None  # ray: null = start a local Ray; "auto"; "host:port"; "ray://host:port"
+    ray_num_cpus: Optional[int] = None  # ray, local Ray only: CPUs it offers (null = max(cores, CPUs the roles ask))
+    placement_strategy: Optional[str] = None  # ray: PACK | SPREAD | STRICT_SPREAD | STRICT_PACK
+    inject_fault: Optional[str] = None  # tests: "worker:1@2" SIGKILLs that task in epoch 2 of the first attempt
 
 
 # ------------------------------------------------------------------------------------------ cluster
 @dataclass
 class RoleConfig:
+    """Tasks of one role: how many (or explicit ``hosts``), the resources each asks for, and its topology."""
+
     count: int = 0
     cpus: float = 1.0
     gpus: float = 0.0
@@ -186,7 +196,9 @@ class RoleConfig:
 class ClusterConfig:
     """A TensorFlow cluster: roles with counts/resources, or an explicit TF_CONFIG-style ``spec``.
 
-    ``spec`` accepts TensorFlow's plain dict form as is: ``{"worker": ["a:2222", "b:2222"], "ps": ["a:2221"]}``.
+    ``spec`` accepts TensorFlow's plain dict form as is: ``{"worker": ["a:2222", "b:2222"], "ps": ["a:2221"]}``
+    (port 0 = a free port chosen at launch). The evaluator is never part of ``spec``: declare it with
+    ``evaluator.count: 1``. ``host`` is the address tasks launched on this machine bind.
     """
 
     name: str = "none"
@@ -225,6 +237,7 @@ class DeployConfig:
     """
 
     target: str = "none"
+    vertex: VertexDeployConfig = field(default_factory=VertexDeployConfig)
     tf_serving: TfServingDeployConfig = field(default_factory=TfServingDeployConfig)
 
 
@@ -256,7 +269,7 @@ class ExperimentConfig:
     # Groups added by optional subsystems (serving, vertex, study) are untyped here and typed by their
     # own option schemas.
     serving: ServingConfig = field(default_factory=ServingConfig)
-    vertex: Any = None
+    vertex: VertexConfig = field(default_factory=VertexConfig)
     study: Any = None
     runs_dir: str = "runs"
 

@@ -76,8 +76,6 @@ def plan_devices(topo: Any, env: Optional[Mapping[str, str]] = None, gpus_on_mac
         raise ConfigError("topology.gpu_memory_limit_mb", topo.gpu_memory_limit_mb, "Give a positive number of MiB, or null for no limit.")
     if topo.virtual_gpus > 1 and topo.gpu_memory_limit_mb is None:
         raise ConfigError("topology.gpu_memory_limit_mb", None, f"virtual_gpus={topo.virtual_gpus} needs a memory limit per virtual GPU; set topology.gpu_memory_limit_mb (e.g. 2048).")
-    if topo.gpu_memory_growth and topo.gpu_memory_limit_mb is not None and topo.gpus != []:
-        raise ConfigError("topology.gpu_memory_growth", True, "Memory growth and a fixed memory limit exclude each other in TensorFlow; set one of them.")
     for key in ("inter_op_threads", "intra_op_threads"):
         if getattr(topo, key) < 0:
             raise ConfigError(f"topology.{key}", getattr(topo, key), "Use 0 (TensorFlow's choice) or a positive count.")

@@ -1,0 +1,73 @@
+"""Every option of every config group composes against its schema; the valid ones validate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import CONF_DIR, compose
+from orchestrator.errors import ConfigError
+from orchestrator.validation import validate
+
+# Options that need hardware or a cluster this machine's default config does not have; they must fail
+# validation with a ConfigError (never silently run), and compose cleanly.
+NEEDS_MORE = {
+    ("topology", "gpu_split2"), ("topology", "gpu_growth"),
+    ("strategy", "mirrored"), ("strategy", "multi_worker_mirrored"), ("strategy", "parameter_server"),
+    ("data", "files"),
+}
+
+
+def _options():
+    for group_dir in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        for option in sorted(group_dir.glob("*.yaml")):
+            yield group_dir.name, option.stem
+
+
+OPTIONS = list(_options())
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("data", "files"):
+        overrides.append("data.path=somewhere.npz")
+    cfg = compose(overrides)
+    if (group, option) in NEEDS_MORE:
+        with pytest.raises(ConfigError):
+            validate(cfg)
+    else:
+        validate(cfg)
+
+
+def test_groups_have_options():
+    groups = {g for g, _ in OPTIONS}
+    assert {"data", "model", "topology", "strategy", "trainer", "export", "backend", "experiment"} <= groups
+
+
+def test_default_config_is_typed():
+    cfg = compose([])
+    assert cfg.model.name == "mlp" and cfg.trainer.epochs >= 1
+    assert cfg.export.model_name == "digits_mlp"
+    facts = validate(cfg)
+    assert facts["replicas"] == 1
+
+
+def test_cpu_x2_mirrored_has_two_replicas():
+    facts = validate(compose(["topology=cpu_x2", "strategy=mirrored"]))
+    assert facts["replicas"] == 2
+    assert facts["devices"].accelerator_devices == ["/cpu:0", "/cpu:1"]
+
+
+def test_experiment_preset_overrides_groups():
+    cfg = compose(["experiment=digits_cnn_mirrored"])
+    assert cfg.model.name == "cnn" and cfg.strategy.name == "mirrored" and cfg.topology.cpu_devices == 2
+    assert validate(cfg)["replicas"] == 2
+
+
+def test_user_config_dir_adds_options(tmp_path: Path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tiny.yaml").write_text(
+        "name: tiny\nlayers:\n  - _target_: tf_keras.layers.Dense\n    units: 8\n")
+    cfg = compose(["model=tiny"], config_dir=str(tmp_path))
+    assert cfg.model.layers[0].units == 8

@@ -5,42 +5,18 @@ They read the cluster from ``TF_CONFIG`` in the task process; a backend that lau
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Dict
 
 from orchestrator.errors import ConfigError
 from strategies.base import Strategy, StrategyContext
+from strategies.tf_config import check_cluster, cluster_from_env, role_counts
 
 CLUSTER_BACKENDS = ("processes", "ray", "vertex")
 COMMUNICATION = ("auto", "ring", "nccl")
 
 
-def role_counts(cluster: Any) -> Dict[str, int]:
-    """Number of tasks per role, from an explicit ``spec`` or from the role counts."""
-    if cluster.spec:
-        return {role: len(hosts) for role, hosts in cluster.spec.items()}
-    counts = {}
-    for role in ("chief", "worker", "ps", "evaluator"):
-        node = getattr(cluster, role)
-        counts[role] = len(node.hosts) if node.hosts else int(node.count)
-    return {r: c for r, c in counts.items() if c}
-
-
-def cluster_from_env() -> Dict[str, int]:
-    """Role counts of a cluster announced through TF_CONFIG (e.g. by Vertex AI), or {}."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return {}
-    try:
-        spec = json.loads(raw).get("cluster", {})
-    except ValueError:
-        return {}
-    return {role: len(hosts) for role, hosts in spec.items()}
-
-
 def _require_cluster(ctx: StrategyContext, name: str, example: str) -> Dict[str, int]:
-    counts = cluster_from_env() or (role_counts(ctx.cfg.cluster) if ctx.cfg.cluster.name != "none" or ctx.cfg.cluster.spec else {})
+    counts = cluster_from_env() or role_counts(ctx.cfg.cluster)
     if not counts:
         raise ConfigError("cluster", ctx.cfg.cluster.name,
                           f"strategy={name} trains on a cluster of tasks; choose one and a backend that launches it, "
@@ -49,6 +25,8 @@ def _require_cluster(ctx: StrategyContext, name: str, example: str) -> Dict[str,
         raise ConfigError("backend", ctx.cfg.backend.name,
                           f"strategy={name} needs a backend that launches a cluster: one of {', '.join(CLUSTER_BACKENDS)} "
                           f"(e.g. `{example}`).")
+    if not cluster_from_env():
+        check_cluster(ctx.cfg)
     return counts
 
 
@@ -57,6 +35,10 @@ class MultiWorkerMirroredStrategy(Strategy):
 
     name = "multi_worker_mirrored"
     needs_cluster = True
+    starts_runtime = True  # built before the topology's device listing initialises TensorFlow's runtime
+
+    PRE_RUNTIME = {"cpu_devices": 1, "virtual_gpus": 1, "gpu_memory_growth": False, "gpu_memory_limit_mb": None,
+                   "inter_op_threads": 0, "intra_op_threads": 0}
 
     def check(self, ctx: StrategyContext) -> None:
         if ctx.cfg.strategy.communication not in COMMUNICATION:
@@ -64,6 +46,26 @@ class MultiWorkerMirroredStrategy(Strategy):
         counts = _require_cluster(ctx, self.name, "cluster=workers_2 backend=processes")
         if counts.get("ps"):
             raise ConfigError("cluster.ps.count", counts["ps"], "multi_worker_mirrored has no parameter servers; set it to 0 or use strategy=parameter_server.")
+        self._check_topologies(ctx.cfg)
+        if ctx.cfg.strategy.communication == "nccl" and not ctx.devices.logical_gpus:
+            raise ConfigError("strategy.communication", "nccl", "NCCL collectives need a GPU in every worker; on CPUs use ring or auto.")
+
+    def _check_topologies(self, cfg: Any) -> None:
+        # TensorFlow accepts these settings only before its runtime starts, and this strategy must start
+        # the collective runtime first; the per-worker device is the whole CPU or each visible GPU.
+        from orchestrator.topology import plan_devices
+        from strategies.tf_config import ROLES, role_topology
+
+        for role in ("topology",) + tuple(r for r in ROLES if getattr(cfg.cluster, r).topology):
+            topo = cfg.topology if role == "topology" else role_topology(cfg, role)
+            gpus = plan_devices(topo).physical_gpus
+            for key, neutral in self.PRE_RUNTIME.items():
+                if getattr(topo, key) != neutral and (gpus or "gpu" not in key):
+                    where = "topology" if role == "topology" else f"cluster.{role}.topology"
+                    raise ConfigError(f"{where}.{key}", getattr(topo, key),
+                                      f"multi_worker_mirrored starts TensorFlow's collective runtime at program startup, after which this "
+                                      f"device setting can no longer apply; leave it at {neutral!r} (each worker uses its whole CPU or every GPU it sees; "
+                                      "select GPUs with topology.gpus).")
 
     def replicas(self, ctx: StrategyContext) -> int:
         counts = cluster_from_env() or role_counts(ctx.cfg.cluster)
@@ -90,6 +92,8 @@ class ParameterServerStrategy(Strategy):
             raise ConfigError("cluster.ps.count", 0, "strategy=parameter_server needs at least one ps task; e.g. cluster=ps_2x1.")
         if not counts.get("worker"):
             raise ConfigError("cluster.worker.count", 0, "strategy=parameter_server needs at least one worker task; e.g. cluster=ps_2x1.")
+        if not counts.get("chief"):
+            raise ConfigError("cluster.chief.count", 0, "strategy=parameter_server runs its coordinator on the chief; set cluster.chief.count=1 (e.g. cluster=ps_2x1).")
         s = ctx.cfg.strategy
         if s.num_shards < 0 or s.min_shard_bytes < 0 or s.max_shards < 0:
             raise ConfigError("strategy.num_shards", s.num_shards, "Shard settings must be >= 0 (0 = off).")
@@ -100,17 +104,23 @@ class ParameterServerStrategy(Strategy):
         # Each worker consumes whole global batches from its own dataset.
         return 1
 
-    def build(self, ctx: StrategyContext, tf: Any) -> Any:
-        s = ctx.cfg.strategy
-        counts = cluster_from_env()
-        partitioner = None
+    def partitioner(self, cfg: Any, tf: Any, num_ps: int) -> Any:
+        """The variable partitioner of ``strategy.num_shards`` / ``min_shard_bytes`` (None: one shard per variable)."""
+        s = cfg.strategy
         if s.num_shards:
-            partitioner = tf.distribute.experimental.partitioners.FixedShardsPartitioner(s.num_shards)
-        elif s.min_shard_bytes:
-            partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-                min_shard_bytes=s.min_shard_bytes, max_shards=s.max_shards or counts.get("ps", 1))
+            return tf.distribute.experimental.partitioners.FixedShardsPartitioner(int(s.num_shards))
+        if s.min_shard_bytes:
+            return tf.distribute.experimental.partitioners.MinSizePartitioner(
+                min_shard_bytes=int(s.min_shard_bytes), max_shards=int(s.max_shards or num_ps or 1))
+        return None
+
+    def build(self, ctx: StrategyContext, tf: Any) -> Any:
+        # Only the coordinator (the chief) builds the strategy; ps and worker tasks run plain servers
+        # (orchestrator.cluster_task), because a ParameterServerStrategy object drives them remotely.
+        counts = cluster_from_env()
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-        return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+        return tf.distribute.experimental.ParameterServerStrategy(
+            resolver, variable_partitioner=self.partitioner(ctx.cfg, tf, counts.get("ps", 1)))
 
 
 class TPUStrategy(Strategy):
@@ -120,8 +130,18 @@ class TPUStrategy(Strategy):
     needs_cluster = False
 
     def check(self, ctx: StrategyContext) -> None:
-        if not ctx.cfg.strategy.tpu:
-            raise ConfigError("strategy.tpu", ctx.cfg.strategy.tpu, "Name the TPU: a TPU name, a grpc://host:port address, or 'local'.")
+        tpu = ctx.cfg.strategy.tpu
+        if not tpu:
+            raise ConfigError("strategy.tpu", tpu, "Name the TPU: a TPU name, a grpc://host:port address, or 'local'.")
+        if str(tpu).startswith("grpc://"):
+            from strategies.tf_config import split_address
+
+            try:
+                split_address(str(tpu)[len("grpc://"):])
+            except ValueError:
+                raise ConfigError("strategy.tpu", tpu, "A TPU address is grpc://host:port, e.g. grpc://10.240.1.2:8470.") from None
+        if role_counts(ctx.cfg.cluster):
+            raise ConfigError("cluster", ctx.cfg.cluster.name, "strategy=tpu finds its workers through the TPUClusterResolver, not a TF_CONFIG cluster; use cluster=none.")
 
     def replicas(self, ctx: StrategyContext) -> int:
         return 1  # known only once the TPU system is initialised; batch divisibility is checked then

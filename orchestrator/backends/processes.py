@@ -1,0 +1,364 @@
+"""``backend=processes``: every task of the cluster is its own OS process on this machine.
+
+The supervision of a cluster job — launch every task with its TF_CONFIG, watch them, restart the job after
+a task died (``backend.max_restarts``), stop everything at the end — is the same wherever the tasks run, so
+it lives here in :class:`ClusterBackend`; this module's :class:`ProcessesBackend` starts tasks as local
+child processes and ``backend=ray`` (``ray_backend.py``) starts them from Ray actors.
+
+A job is done when its training tasks finished: the chief (or worker 0 without a chief) and, under
+multi_worker_mirrored, every worker. ps and worker servers of parameter_server never end by themselves and
+are stopped then; the evaluator gets ``backend.evaluator_grace_s`` to evaluate the last checkpoint.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from orchestrator.backends.base import Backend
+from orchestrator.errors import ConfigError, TaskFailedError
+from orchestrator.run_record import write_json
+from strategies import tf_config
+from strategies.tf_config import TaskSpec
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_ENV = "TFSCALE_ATTEMPT"
+POLL_SECONDS = 0.2
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def task_command(run_dir: Path) -> List[str]:
+    """The command every task runs: the task entry point on the run directory."""
+    return [sys.executable, "-m", "orchestrator.task_main", str(Path(run_dir).resolve())]
+
+
+def task_environment(base: Dict[str, str], tf_config_json: str, attempt: int) -> Dict[str, str]:
+    """Environment of a task process: the caller's, plus its TF_CONFIG and the restart attempt."""
+    env = dict(base)
+    env["TF_CONFIG"] = tf_config_json
+    env[ATTEMPT_ENV] = str(attempt)
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the task log as they are printed
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the task binds it a moment later)."""
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host.strip("[]"), 0))
+        return int(s.getsockname()[1])
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def log_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return text[-chars:]
+
+
+class _Echo:
+    """Writes a task's output to its log file and, line by line with a ``[role:index]`` prefix, to stdout."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, task: TaskSpec, log_path: Path, stream: bool):
+        self.prefix = f"[{task.name}] "
+        self.file = open(log_path, "ab")
+        self.stream = stream
+        self._partial = b""
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.file.write(data)
+        self.file.flush()
+        if not self.stream:
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if lines:
+            text = "".join(self.prefix + line.decode(errors="replace") + "\n" for line in lines)
+            with self._lock:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._partial and self.stream:
+            self.write(b"\n")
+        self.file.close()
+
+
+class TaskHandle:
+    """A launched task, wherever it runs."""
+
+    def __init__(self, task: TaskSpec, log_path: Path):
+        self.task = task
+        self.log_path = log_path
+
+    @abstractmethod
+    def poll(self) -> Optional[int]:
+        """The task's exit code, or None while it runs (also moves its new output into the log)."""
+
+    @abstractmethod
+    def stop(self, timeout: float) -> None:
+        """Terminate the task and everything it started (SIGTERM, SIGKILL after ``timeout``)."""
+
+
+class ClusterBackend(Backend):
+    """Launches the cluster's tasks, supervises them and restarts the job after a task died.
+
+    Subclasses say how tasks get addresses and how they are started (:meth:`prepare`, :meth:`launch`) and
+    what to release at the end (:meth:`release`).
+    """
+
+    launches_clusters = True
+
+    def check(self, cfg: Any) -> None:
+        if not tf_config.has_cluster(cfg.cluster):
+            raise ConfigError("cluster", cfg.cluster.name,
+                              f"backend={self.name} launches a TensorFlow cluster, but none is declared. Choose one, e.g. "
+                              "`cluster=workers_2 strategy=multi_worker_mirrored` or `cluster=ps_2x1 strategy=parameter_server`; "
+                              "for a single process use backend=local.")
+        tf_config.check_cluster(cfg)
+        b = cfg.backend
+        for key in ("start_timeout_s", "stop_timeout_s", "evaluator_grace_s"):
+            if getattr(b, key) < 0:
+                raise ConfigError(f"backend.{key}", getattr(b, key), "Use a duration in seconds >= 0.")
+        if b.inject_fault:
+            check_fault(cfg)
+
+    # ------------------------------------------------------------------ what subclasses provide
+    def prepare(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec]) -> None:
+        """Acquire what the job's tasks run on (called once per job)."""
+
+    @abstractmethod
+    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+        """Start every task of one attempt with its TF_CONFIG; return their handles."""
+
+    def release(self) -> None:
+        """Release what :meth:`prepare` acquired (called once, also after failure or Ctrl-C)."""
+
+    # ------------------------------------------------------------------------------ supervision
+    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+        run_dir = Path(run_dir)
+        (run_dir / "tasks").mkdir(parents=True, exist_ok=True)
+        tasks = tf_config.plan_tasks(cfg.cluster)
+        handles: List[TaskHandle] = []
+        restarts = 0
+
+        def stop_all() -> None:
+            for h in handles:
+                try:
+                    h.stop(float(cfg.backend.stop_timeout_s))
+                except Exception as exc:  # keep stopping the others whatever one of them raised
+                    log.warning("stopping %s: %s", h.task.name, exc)
+            handles.clear()
+
+        atexit.register(stop_all)
+        previous = _raise_on_sigterm()
+        try:
+            self.prepare(cfg, run_dir, tasks)
+            while True:
+                handles.extend(self.launch(cfg, run_dir, tasks, restarts))
+                failure = self._supervise(cfg, handles)
+                stop_all()
+                if failure is None:
+                    break
+                handle, code = failure
+                if restarts >= int(cfg.backend.max_restarts):
+                    more = f" after {restarts} restart(s)" if restarts else ""
+                    raise TaskFailedError(f"Task {handle.task.name} {describe_exit(code)}{more}. See its log: {handle.log_path}\n"
+                                          f"{log_tail(handle.log_path)}")
+                restarts += 1
+                log.warning("task %s %s; restarting the job's tasks from the last backup (restart %d of %d)",
+                            handle.task.name, describe_exit(code), restarts, cfg.backend.max_restarts)
+                print(f"tfscale: task {handle.task.name} {describe_exit(code)}; restart {restarts}/{cfg.backend.max_restarts}",
+                      flush=True)
+        finally:
+            stop_all()
+            try:
+                self.release()
+            finally:
+                atexit.unregister(stop_all)
+                signal.signal(signal.SIGTERM, previous)
+        metrics_path = run_dir / "metrics.json"
+        if not metrics_path.exists():
+            chief = _primary(tasks)
+            raise TaskFailedError(f"The chief {chief.name} ended without writing {metrics_path}. "
+                                  f"See its log: {run_dir / 'tasks' / (chief.slug + '.log')}")
+        metrics = json.loads(metrics_path.read_text())
+        metrics["restarts"] = restarts
+        metrics["backend"] = self.name
+        metrics["tasks"] = {t.name: str(run_dir / "tasks" / f"{t.slug}.log") for t in tasks}
+        write_json(metrics_path, metrics)
+        return metrics
+
+    def _supervise(self, cfg: Any, handles: Sequence[TaskHandle]) -> Optional[Tuple[TaskHandle, int]]:
+        """Wait for the job to finish; return the first failed task and its exit code, or None on success."""
+        parameter_server = cfg.strategy.name == "parameter_server"
+        primary = _primary([h.task for h in handles])
+
+        def trains(t: TaskSpec) -> bool:
+            if t.role == "evaluator":
+                return False
+            return t.name == primary.name if parameter_server else t.role in ("chief", "worker")
+
+        done_at: Optional[float] = None
+        while True:
+            codes = {h.task.name: h.poll() for h in handles}
+            for h in handles:
+                code = codes[h.task.name]
+                if code is None or (code == 0 and (trains(h.task) or h.task.role == "evaluator")):
+                    continue
+                # A server that returns, or any task that fails, ends this attempt.
+                return h, code
+            training_done = all(codes[h.task.name] == 0 for h in handles if trains(h.task))
+            if training_done:
+                evaluator = [h for h in handles if h.task.role == "evaluator" and codes[h.task.name] is None]
+                if not evaluator:
+                    return None
+                done_at = done_at or time.monotonic()
+                if time.monotonic() - done_at > float(cfg.backend.evaluator_grace_s):
+                    log.warning("the evaluator did not finish within backend.evaluator_grace_s=%s after training; stopping it",
+                                cfg.backend.evaluator_grace_s)
+                    return None
+            time.sleep(POLL_SECONDS)
+
+
+def _primary(tasks: Sequence[TaskSpec]) -> TaskSpec:
+    """The chief, or worker 0 when the cluster has no chief (TensorFlow's rule)."""
+    for role in ("chief", "worker"):
+        for t in tasks:
+            if t.role == role and t.index == 0:
+                return t
+    return tasks[0]
+
+
+def check_fault(cfg: Any) -> None:
+    """``backend.inject_fault`` is ``role:index@epoch`` naming a training task of the cluster."""
+    spec = str(cfg.backend.inject_fault)
+    task, _, epoch = spec.partition("@")
+    names = {t.name for t in tf_config.plan_tasks(cfg.cluster) if t.role != "evaluator"}
+    if task not in names or not epoch.isdigit() or not 1 <= int(epoch) <= int(cfg.trainer.epochs):
+        raise ConfigError("backend.inject_fault", spec,
+                          f"Use role:index@epoch with a training task of the cluster ({', '.join(sorted(names))}) and an epoch in "
+                          f"1..{cfg.trainer.epochs}, e.g. worker:1@2; or null.")
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that every task is stopped on the way out."""
+
+
+def _raise_on_sigterm():
+    def handler(signum, frame):
+        raise _Interrupted()
+
+    if threading.current_thread() is not threading.main_thread():
+        return signal.getsignal(signal.SIGTERM)
+    return signal.signal(signal.SIGTERM, handler)
+
+
+# ------------------------------------------------------------------------------------- processes
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if tfscale itself dies without cleaning up (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class LocalProcess(TaskHandle):
+    """A task as a child process in its own process group, its output pumped into the task log."""
+
+    def __init__(self, task: TaskSpec, argv: List[str], env: Dict[str, str], log_path: Path, *, stream: bool,
+                 cwd: Optional[str] = None):
+        super().__init__(task, log_path)
+        self._echo = _Echo(task, log_path, stream)
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self._reader = threading.Thread(target=self._pump, name=f"log-{task.slug}", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        stream = self.proc.stdout
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            self._echo.write(chunk)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> Optional[int]:
+        code = self.proc.poll()
+        if code is not None:
+            self._reader.join(timeout=5)
+        return code
+
+    def stop(self, timeout: float) -> None:
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group may hold processes the task started, even after the task itself exited.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join(timeout=5)
+        self._echo.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ProcessesBackend(ClusterBackend):
+    """Each task of the cluster in its own OS process on this machine, on free loopback ports."""
+
+    name = "processes"
+
+    def check(self, cfg: Any) -> None:
+        super().check(cfg)
+        tf_config.check_local_hosts(cfg, self.name)
+
+    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+        host = str(cfg.cluster.host)
+        addresses = tf_config.assign_addresses(tasks, lambda t: f"{host}:{free_port(host)}")
+        configs = tf_config.tf_configs(tasks, addresses)
+        handles: List[TaskHandle] = []
+        for t in tasks:
+            log_path = run_dir / "tasks" / f"{t.slug}.log"
+            if attempt:
+                with open(log_path, "ab") as f:
+                    f.write(f"\n===== tfscale: restart {attempt} =====\n".encode())
+            env = task_environment(os.environ, configs[t.name], attempt)
+            handles.append(LocalProcess(t, task_command(run_dir), env, log_path, stream=bool(cfg.backend.stream_logs)))
+            log.info("started %s (pid %d) at %s", t.name, handles[-1].pid, addresses[t.name])
+        return handles

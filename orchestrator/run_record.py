@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,22 @@ def package_versions() -> Dict[str, str]:
     return found
 
 
+_SECRET_KEY = re.compile(r"(secret|token|password|passwd|private_key|credential|api_key|access_key)", re.IGNORECASE)
+
+
+def redact_args(args: Any) -> list:
+    """Command-line words with the value of any secret-looking ``key=value`` replaced by ``<redacted>``.
+
+    Credentials belong in Application Default Credentials, never on a command line; if one is given there
+    anyway, the run record must not keep it.
+    """
+    out = []
+    for arg in args or []:
+        key, eq, _ = str(arg).partition("=")
+        out.append(f"{key}=<redacted>" if eq and _SECRET_KEY.search(key) else arg)
+    return out
+
+
 def provenance(cfg: Any, *, topology: Optional[Dict[str, Any]] = None, overrides: Optional[list] = None) -> Dict[str, Any]:
     """Where and from what a run came: commit, packages, interpreter, host, topology, TF_CONFIG, seed."""
     tf_config = os.environ.get("TF_CONFIG")
@@ -71,8 +88,8 @@ def provenance(cfg: Any, *, topology: Optional[Dict[str, Any]] = None, overrides
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cwd": os.getcwd(),
-        "command": sys.argv,
-        "overrides": overrides or [],
+        "command": redact_args(sys.argv),
+        "overrides": redact_args(overrides),
         "seed": int(cfg.trainer.seed),
         "topology": topology,
         "tf_config": json.loads(tf_config) if tf_config else None,

@@ -165,6 +165,9 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
     metrics["wall_seconds"] = round(time.time() - started, 3)
     if identity.is_chief:
         write_json(run_dir / "metrics.json", metrics)
+        from orchestrator.vertex.hypertune import report_from_env
+
+        report_from_env(metrics)  # a no-op unless this task is a Vertex tuning trial
     return metrics
 
 

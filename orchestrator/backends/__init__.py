@@ -6,6 +6,7 @@ from orchestrator.registry import load
 
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
+    "vertex": "orchestrator.backends.vertex:VertexBackend",
 }
 
 

@@ -6,6 +6,7 @@ from orchestrator.registry import load
 
 TARGETS = {
     "none": "orchestrator.deploy.base:NoDeploy",
+    "vertex": "orchestrator.deploy.vertex:VertexDeploy",
     "tf_serving": "orchestrator.deploy.tf_serving:TfServingTarget",
 }
 

@@ -1,0 +1,247 @@
+"""``backend=ray``: one Ray actor per task of the cluster, each starting its task in a fresh process.
+
+Ray Train's TensorflowTrainer writes only ``worker`` roles into TF_CONFIG, so tfscale places plain actors
+itself: every actor asks for its role's resources (optionally inside a placement group), reports its node
+IP and a free port there, and only then — with every address known — the full TF_CONFIG (chief, worker,
+ps; the evaluator beside the cluster) is built by :mod:`strategies.tf_config` and each actor starts
+``python -m orchestrator.task_main RUN_DIR`` with it. The task runs in its own process so that its
+topology is applied before TensorFlow initialises; the actor relays its output, which the driver writes to
+``RUN_DIR/tasks/<role>-<index>.log``. Supervision and restarts are :class:`ClusterBackend`'s.
+
+Remote nodes need the run directory on a shared filesystem (as TensorFlow's multi-worker checkpoints do).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import ray
+
+from orchestrator.backends.processes import (ClusterBackend, TaskHandle, _Echo, task_command, task_environment)
+from orchestrator.errors import ConfigError, TaskFailedError
+from strategies import tf_config
+from strategies.tf_config import TaskSpec
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
+_ADDRESS = re.compile(r"^(auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
+RPC_TIMEOUT_S = 30.0
+
+
+@ray.remote(max_restarts=0)
+class TaskActor:
+    """Holds one task's resources on its node and runs the task there in a child process."""
+
+    def __init__(self):
+        self.proc = None
+        self.log_path = None
+        self.offset = 0
+
+    def address(self, port: int = 0) -> str:
+        """``node_ip:port`` this task will listen on (a free port unless one is given)."""
+        from orchestrator.backends.processes import free_port
+
+        ip = ray.util.get_node_ip_address()
+        return f"{ip}:{port or free_port('0.0.0.0')}"
+
+    def start(self, argv: List[str], extra_env: Dict[str, str], cwd: str) -> int:
+        import subprocess
+        import tempfile
+
+        from orchestrator.backends.processes import _die_with_parent
+
+        fd, self.log_path = tempfile.mkstemp(prefix="tfscale-task-", suffix=".log")
+        env = dict(os.environ)
+        env.update(extra_env)
+        self.offset = 0
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd if os.path.isdir(cwd) else None, stdout=fd,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+        os.close(fd)
+        return self.proc.pid
+
+    def poll(self):
+        """(exit code or None, output written since the last poll)."""
+        code = self.proc.poll() if self.proc else None
+        data = b""
+        if self.log_path:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+            self.offset += len(data)
+        return code, data
+
+    def stop(self, timeout: float) -> Optional[int]:
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return None
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        if self.log_path and os.path.exists(self.log_path):
+            os.unlink(self.log_path)
+
+
+class ActorTask(TaskHandle):
+    """A task started by a Ray actor; polls relay its output into the run's task log."""
+
+    def __init__(self, task: TaskSpec, actor: Any, log_path: Path, stream: bool):
+        super().__init__(task, log_path)
+        self.actor = actor
+        self._echo = _Echo(task, log_path, stream)
+        self._code: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self._code is not None:
+            return self._code
+        try:
+            code, data = ray.get(self.actor.poll.remote(), timeout=RPC_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            # The actor (or its node) is gone: report it like a killed task so the job can restart.
+            self._echo.write(f"\ntfscale: actor of {self.task.name} lost: {exc}\n".encode())
+            self._code = -9
+            return self._code
+        self._echo.write(data)
+        self._code = code
+        return code
+
+    def stop(self, timeout: float) -> None:
+        try:
+            ray.get(self.actor.stop.remote(timeout), timeout=timeout + RPC_TIMEOUT_S)
+            _, data = ray.get(self.actor.poll.remote(), timeout=RPC_TIMEOUT_S)
+            self._echo.write(data)
+            ray.get(self.actor.cleanup.remote(), timeout=RPC_TIMEOUT_S)
+        except Exception as exc:  # the actor may already be dead; it is killed below either way
+            log.debug("stopping %s: %s", self.task.name, exc)
+        finally:
+            ray.kill(self.actor, no_restart=True)
+            self._echo.close()
+
+
+class RayBackend(ClusterBackend):
+    """The cluster's tasks as Ray actors (a local Ray by default, or an existing cluster)."""
+
+    name = "ray"
+
+    def __init__(self):
+        self._started_ray = False
+        self._pg = None
+
+    def check(self, cfg: Any) -> None:
+        super().check(cfg)
+        b = cfg.backend
+        if b.ray_address is not None and not _ADDRESS.match(str(b.ray_address)):
+            raise ConfigError("backend.ray_address", b.ray_address, "Use null (start a local Ray), 'auto', 'host:port' or 'ray://host:port'.")
+        if b.placement_strategy is not None and b.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError("backend.placement_strategy", b.placement_strategy, f"Use one of: {', '.join(PLACEMENT_STRATEGIES)}, or null for no placement group.")
+        if b.ray_num_cpus is not None and b.ray_num_cpus < 1:
+            raise ConfigError("backend.ray_num_cpus", b.ray_num_cpus, "Give a positive CPU count, or null.")
+
+    # ------------------------------------------------------------------------------------------ Ray
+    def prepare(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec]) -> None:
+        b = cfg.backend
+        if not ray.is_initialized():
+            if b.ray_address:
+                ray.init(address=str(b.ray_address), log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                # Task processes are ordinary processes on this machine: offer Ray at least the CPUs the
+                # roles ask for, so a cluster bigger than the core count still gets scheduled.
+                wanted = sum(t.cpus for t in tasks)
+                num_cpus = int(b.ray_num_cpus or max(os.cpu_count() or 1, -(-wanted // 1)))
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            self._started_ray = not b.ray_address
+        if b.placement_strategy:
+            from ray.util.placement_group import placement_group
+
+            self._pg = placement_group([_bundle(t) for t in tasks], strategy=str(b.placement_strategy))
+            try:
+                ray.get(self._pg.ready(), timeout=float(b.start_timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                raise TaskFailedError(f"Ray could not place {len(tasks)} tasks ({[_bundle(t) for t in tasks]}) with "
+                                      f"placement_strategy={b.placement_strategy} within {b.start_timeout_s}s; "
+                                      f"cluster resources: {ray.cluster_resources()}") from None
+
+    def _actor(self, cfg: Any, task: TaskSpec, position: int) -> Any:
+        options: Dict[str, Any] = {"num_cpus": task.cpus, "num_gpus": task.gpus, "name": None}
+        if task.memory_mb:
+            options["memory"] = int(task.memory_mb) * 1024 * 1024
+        if self._pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=self._pg, placement_group_bundle_index=position)
+        elif task.fixed_port and not tf_config.is_loopback(task.address):
+            # A declared host pins the task to that node (Ray's built-in node:<ip> resource).
+            options["resources"] = {f"node:{tf_config.split_address(task.address)[0]}": 0.001}
+        options.pop("name")
+        return TaskActor.options(**options).remote()
+
+    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+        actors = [self._actor(cfg, t, i) for i, t in enumerate(tasks)]
+        handles: List[TaskHandle] = []
+        try:
+            ports = [tf_config.split_address(t.address)[1] if t.fixed_port else 0 for t in tasks]
+            refs = [a.address.remote(p) for a, p in zip(actors, ports)]
+            try:
+                found = ray.get(refs, timeout=float(cfg.backend.start_timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                raise TaskFailedError(f"Ray did not schedule the {len(tasks)} task actors within backend.start_timeout_s="
+                                      f"{cfg.backend.start_timeout_s}s (asked: {[_bundle(t) for t in tasks]}; "
+                                      f"available: {ray.available_resources()}).") from None
+            addresses = {t.name: a for t, a in zip(tasks, found)}
+            configs = tf_config.tf_configs(tasks, addresses)
+            for t, actor in zip(tasks, actors):
+                log_path = run_dir / "tasks" / f"{t.slug}.log"
+                if attempt:
+                    with open(log_path, "ab") as f:
+                        f.write(f"\n===== tfscale: restart {attempt} =====\n".encode())
+                env = task_environment({}, configs[t.name], attempt)
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (env["PYTHONPATH"], os.environ.get("PYTHONPATH")) if p)
+                handle = ActorTask(t, actor, log_path, bool(cfg.backend.stream_logs))
+                handles.append(handle)
+                pid = ray.get(actor.start.remote(task_command(run_dir), env, os.getcwd()), timeout=RPC_TIMEOUT_S)
+                log.info("started %s (pid %d) at %s", t.name, pid, addresses[t.name])
+        except BaseException:
+            started = {id(h.actor) for h in handles}
+            for h in handles:
+                h.stop(float(cfg.backend.stop_timeout_s))
+            for a in actors:
+                if id(a) not in started:
+                    ray.kill(a, no_restart=True)
+            raise
+        return handles
+
+    def release(self) -> None:
+        try:
+            if self._pg is not None:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self._pg)
+                self._pg = None
+        finally:
+            if self._started_ray or ray.is_initialized():
+                # Our own local Ray stops with us; for an existing cluster this only disconnects.
+                ray.shutdown()
+            self._started_ray = False
+
+
+def _bundle(task: TaskSpec) -> Dict[str, float]:
+    bundle = {"CPU": task.cpus or 0.01}
+    if task.gpus:
+        bundle["GPU"] = task.gpus
+    return bundle

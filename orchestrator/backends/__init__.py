@@ -6,6 +6,8 @@ from orchestrator.registry import load
 
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
+    "processes": "orchestrator.backends.processes:ProcessesBackend",
+    "ray": "orchestrator.backends.ray_backend:RayBackend",
     "vertex": "orchestrator.backends.vertex:VertexBackend",
 }
 

@@ -98,7 +98,13 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = TaskIdentity.from_env()
-    applied = apply_topology(cfg.topology)  # first: before anything initialises TensorFlow's runtime
+    from orchestrator import cluster_task
+    from strategies.tf_config import role_topology
+
+    if cluster_task.server_or_sidecar(cfg, identity):  # ps/worker servers and the evaluator build no trainer
+        return cluster_task.run_cluster_task(cfg, run_dir, identity)
+    early_strategy = cluster_task.start_collectives(cfg, identity)
+    applied = apply_topology(role_topology(cfg, identity.task_type))  # first: before anything initialises TensorFlow's runtime
 
     from orchestrator.tf_env import import_keras, import_tensorflow
 
@@ -111,7 +117,7 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         keras.mixed_precision.set_global_policy(t.mixed_precision)
 
     ctx = strategy_context(cfg)
-    strategy = strategies.get(cfg.strategy.name).build(ctx, tf)
+    strategy = early_strategy or strategies.get(cfg.strategy.name).build(ctx, tf)
     replicas = int(strategy.num_replicas_in_sync)
     record = provenance(cfg, topology=applied, overrides=overrides)
     record.update({"strategy": cfg.strategy.name, "replicas": replicas, "task": identity.__dict__})
@@ -128,12 +134,19 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
         model = quantization.prepare_model(cfg, model, splits.x_train)  # qat: wrapped before compile/training
 
+    parameter_server = cfg.strategy.name == "parameter_server"
+    fit_x, steps_per_epoch = (cluster_task.ps_training_input(tf, keras, cfg, splits) if parameter_server
+                              else (train_ds, t.steps_per_epoch))
     fit_start = time.time()
-    history = model.fit(train_ds, epochs=int(t.epochs), validation_data=val_ds, steps_per_epoch=t.steps_per_epoch,
-                        callbacks=_callbacks(keras, cfg, run_dir, identity), verbose=int(t.verbose))
+    history = model.fit(fit_x, epochs=int(t.epochs), validation_data=None if parameter_server else val_ds,
+                        steps_per_epoch=steps_per_epoch, verbose=int(t.verbose),
+                        callbacks=_callbacks(keras, cfg, run_dir, identity) + cluster_task.cluster_callbacks(keras, cfg, run_dir, identity))
     fit_seconds = time.time() - fit_start
-    epochs_run = len(history.history.get("loss", []))
-    steps = t.steps_per_epoch or -(-len(splits.x_train) // batch)
+    epochs_run = len(history.history.get("loss", []))  # this attempt's epochs; BackupAndRestore skips finished ones
+    steps = steps_per_epoch or -(-len(splits.x_train) // batch)
+    ps_record = None
+    if parameter_server:  # evaluate and export a single-process copy; record where the variables lived
+        model, ps_record = cluster_task.coordinator_result(cfg, model, splits)
     examples = epochs_run * (steps * batch if t.steps_per_epoch else len(splits.x_train))
 
     metrics: Dict[str, Any] = {
@@ -141,7 +154,8 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         "validation": {k[4:]: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")},
         "test": _evaluate(model, test_ds, len(splits.x_test)),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-        "epochs": epochs_run,
+        "epochs": (history.epoch[-1] + 1) if history.epoch else epochs_run,
+        "epochs_this_attempt": epochs_run,
         "fit_seconds": round(fit_seconds, 3),
         "examples_per_second": round(examples / fit_seconds, 1) if fit_seconds > 0 else None,
         "replicas": replicas,
@@ -150,6 +164,8 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         "logical_devices": applied["logical_devices"],
         "model_version": None,
     }
+    if ps_record is not None:
+        metrics["parameter_server"] = ps_record
     # Converted and gated before the version is published: a failed gate (GateError) publishes nothing.
     conversion = quantization.convert_and_gate(cfg, model, splits, run_dir) if identity.is_chief else None
     if identity.is_chief and cfg.export.enabled:
@@ -160,6 +176,8 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
         if conversion is not None:
             conversion.publish(version_dir)
         metrics["deploy"] = deploy.get(cfg.deploy.target).deploy(cfg, version_dir, run_dir)
+    elif identity.in_cluster and cfg.export.enabled and not parameter_server:
+        cluster_task.save_as_non_chief(tf, model, cfg, splits.input_shape, run_dir, identity)
     if conversion is not None:
         metrics["quantization"] = conversion.report
     metrics["wall_seconds"] = round(time.time() - started, 3)

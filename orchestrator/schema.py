@@ -230,6 +230,23 @@ class QuantizationConfig:
 
 # ------------------------------------------------------------------------------------------- deploy
 @dataclass
+class TfjsDeployConfig:
+    """``deploy=tfjs``: a TF.js graph model made by an external ``tensorflowjs_converter``.
+
+    tensorflowjs pins an older TensorFlow, so the converter lives in its own environment and is named
+    here (a command on PATH or a path; ``~`` is expanded). The output is published atomically as
+    ``<output_base>/<model_name>/<NNNN>/`` (model.json + weight shards), with the SavedModel's version number.
+    """
+
+    converter: str = "tensorflowjs_converter"
+    output_base: str = "web_models"  # apart from export.model_base, whose numbered directories a model server loads
+    quantize: str = "none"  # weight compression: none | float16 | uint8 | uint16
+    weight_shard_size_bytes: int = 4194304
+    extra_args: List[str] = field(default_factory=list)  # passed to the converter as is
+    timeout_s: float = 600.0
+
+
+@dataclass
 class DeployConfig:
     """What happens to a published version: none | tf_serving | vertex | tfjs.
 
@@ -239,6 +256,7 @@ class DeployConfig:
     target: str = "none"
     vertex: VertexDeployConfig = field(default_factory=VertexDeployConfig)
     tf_serving: TfServingDeployConfig = field(default_factory=TfServingDeployConfig)
+    tfjs: TfjsDeployConfig = field(default_factory=TfjsDeployConfig)
 
 
 @dataclass

@@ -8,6 +8,7 @@ TARGETS = {
     "none": "orchestrator.deploy.base:NoDeploy",
     "vertex": "orchestrator.deploy.vertex:VertexDeploy",
     "tf_serving": "orchestrator.deploy.tf_serving:TfServingTarget",
+    "tfjs": "orchestrator.deploy.tfjs:TfjsTarget",
 }
 
 

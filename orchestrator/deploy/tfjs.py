@@ -1,0 +1,118 @@
+"""``deploy=tfjs``: the published SavedModel as a TF.js graph model, for browsers and Node.js.
+
+The conversion runs the external ``tensorflowjs_converter`` named by ``deploy.tfjs.converter``:
+tensorflowjs 4.22 pins TensorFlow 2.19 (through tensorflow-decision-forests), so it cannot share
+tfscale's environment and is installed in a virtualenv of its own::
+
+    python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs
+    tfscale deploy=tfjs deploy.tfjs.converter=~/.venvs/tfjs/bin/tensorflowjs_converter
+
+Output: ``<deploy.tfjs.output_base>/<export.model_name>/<NNNN>/`` (``model.json`` and weight shards),
+numbered like the SavedModel version it was converted from. It is written into a hidden temporary
+directory beside it and renamed into place, so a web server never sees half a model. It is kept out of
+``export.model_base`` on purpose: a model server loads every numbered directory there as a SavedModel.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+from orchestrator.deploy.base import DeployTarget
+from orchestrator.errors import ConfigError, TaskFailedError
+
+log = logging.getLogger(__name__)
+
+QUANTIZE = ("none", "float16", "uint8", "uint16")
+INSTALL_HINT = ("tensorflowjs pins its own TensorFlow, so install it in a separate environment: "
+                "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs`, then set "
+                "deploy.tfjs.converter=~/.venvs/tfjs/bin/tensorflowjs_converter.")
+
+
+def converter_command(converter: str) -> List[str]:
+    """``deploy.tfjs.converter`` as an argument list with its program resolved; ConfigError if missing."""
+    words = shlex.split(converter or "")
+    if not words:
+        raise ConfigError("deploy.tfjs.converter", converter, f"Name the tensorflowjs_converter command. {INSTALL_HINT}")
+    program = os.path.expanduser(words[0])
+    if os.sep in program:
+        found = program if os.path.isfile(program) and os.access(program, os.X_OK) else None
+    else:
+        found = shutil.which(program)
+    if found is None:
+        raise ConfigError("deploy.tfjs.converter", converter, f"{program} was not found or is not executable. {INSTALL_HINT}")
+    return [found, *(os.path.expanduser(w) for w in words[1:])]
+
+
+def conversion_args(d: Any, saved_model_dir: Path, output_dir: Path) -> List[str]:
+    """Arguments after the converter program that turn ``saved_model_dir`` into a graph model in ``output_dir``."""
+    args = ["--input_format=tf_saved_model", "--output_format=tfjs_graph_model",
+            "--signature_name=serving_default", "--saved_model_tags=serve",
+            f"--weight_shard_size_bytes={int(d.weight_shard_size_bytes)}"]
+    if d.quantize != "none":
+        # '=*' keeps the optional value attached: a bare flag would swallow the input path as its value.
+        args.append(f"--quantize_{d.quantize}=*")
+    args += [str(a) for a in d.extra_args]
+    return args + [str(saved_model_dir), str(output_dir)]
+
+
+class TfjsTarget(DeployTarget):
+    """Converts the published version with ``tensorflowjs_converter`` and publishes the graph model."""
+
+    name = "tfjs"
+
+    def check(self, cfg: Any) -> None:
+        d = cfg.deploy.tfjs
+        if not cfg.export.enabled:
+            raise ConfigError("export.enabled", False, "deploy=tfjs converts the exported SavedModel; use export=saved_model.")
+        if d.quantize not in QUANTIZE:
+            raise ConfigError("deploy.tfjs.quantize", d.quantize, f"Use one of: {', '.join(QUANTIZE)}.")
+        if d.weight_shard_size_bytes < 1:
+            raise ConfigError("deploy.tfjs.weight_shard_size_bytes", d.weight_shard_size_bytes, "Use a positive size, e.g. 4194304 (4 MiB).")
+        if not d.output_base:
+            raise ConfigError("deploy.tfjs.output_base", d.output_base, "Name the directory TF.js models are published under, e.g. web_models.")
+        if Path(d.output_base).resolve() == Path(cfg.export.model_base).resolve():
+            raise ConfigError("deploy.tfjs.output_base", d.output_base,
+                              "A model server loads every numbered directory under export.model_base as a SavedModel; "
+                              "publish TF.js models elsewhere, e.g. deploy.tfjs.output_base=web_models.")
+        converter_command(d.converter)
+
+    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+        d = cfg.deploy.tfjs
+        version_dir = Path(version_dir)
+        out_parent = Path(d.output_base) / str(cfg.export.model_name)
+        target = out_parent / version_dir.name
+        out_parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version_dir.name}-", dir=out_parent))
+        command = converter_command(d.converter) + conversion_args(d, version_dir.resolve(), tmp)
+        log.info("tfjs: %s", shlex.join(command))
+        try:
+            try:
+                proc = subprocess.run(command, capture_output=True, text=True, timeout=float(d.timeout_s))
+            except subprocess.TimeoutExpired as exc:
+                raise TaskFailedError(f"tensorflowjs_converter did not finish within deploy.tfjs.timeout_s={d.timeout_s}s.") from exc
+            (Path(run_dir) / "tfjs_converter.log").write_text(f"$ {shlex.join(command)}\n{proc.stdout}\n{proc.stderr}")
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+                raise TaskFailedError(f"tensorflowjs_converter exited with {proc.returncode} converting {version_dir}:\n{tail}\n"
+                                      f"Full log: {Path(run_dir) / 'tfjs_converter.log'}")
+            if not (tmp / "model.json").is_file():
+                raise TaskFailedError(f"tensorflowjs_converter wrote no model.json for {version_dir}; see {Path(run_dir) / 'tfjs_converter.log'}.")
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a web server reads it
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                raise TaskFailedError(f"Could not publish {target}: {exc}. Is an older TF.js model with this number "
+                                      f"in {out_parent}? Move it away or choose another deploy.tfjs.output_base.") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        files = sorted(p.name for p in target.iterdir())
+        log.info("published %s", target)
+        return {"target": "tfjs", "path": str(target), "files": files,
+                "bytes": sum((target / f).stat().st_size for f in files), "command": command}

@@ -174,5 +174,5 @@ def predict(cfg: Any, endpoint_name: str, instances: Sequence[Any]) -> List[Any]
 
     values = [json_format.ParseDict(x, struct_pb2.Value()) for x in instances]
     response = client(cfg.vertex, "prediction").predict(endpoint=endpoint_name, instances=values)
-    return [json_format.MessageToDict(p) if not isinstance(p, (int, float, str, list, dict)) else p
-            for p in response.predictions]
+    # Read the raw protobuf: each prediction is a google.protobuf.Value, which MessageToDict makes plain JSON.
+    return [json_format.MessageToDict(p) for p in type(response).pb(response).predictions]

@@ -234,12 +234,11 @@ class FakeVertex:
     def predict(self, request: Any, context: Any) -> Any:
         endpoint = self.endpoints[request.endpoint]
         live = max(endpoint.traffic_split.items(), key=lambda kv: kv[1])[0]
-        predictions = []
+        response = v1.PredictResponse(deployed_model_id=live)
+        raw = v1.PredictResponse.pb(response)
         for _ in request.instances:
-            value = struct_pb2.Value()
-            value.list_value.values.extend([struct_pb2.Value(number_value=0.1)] * 10)
-            predictions.append(value)
-        return v1.PredictResponse(predictions=predictions, deployed_model_id=live)
+            raw.predictions.add().list_value.values.extend([struct_pb2.Value(number_value=0.1)] * 10)
+        return response
 
     def get_operation(self, request: Any, context: Any) -> Any:
         return self.operations[request.name]

@@ -1,0 +1,267 @@
+"""Serving throughput and latency: in-process signature calls vs the embedded server over REST and gRPC.
+
+8 concurrent clients send one digits row per request. Rows: in-process (the SavedModel signature called
+from 8 threads), REST and gRPC against ``python -m orchestrator.serving`` in its own process, with
+batching off and on, then the p99 latency of gRPC while version 0002 is published and swapped in, against
+the p99 of the same load just before. Goals: gRPC >= 0.4x and REST >= 0.25x of in-process throughput,
+p99 during a swap <= 3x steady state.
+
+    python benchmarks/serving.py [--seconds 5] [--clients 8]
+
+Takes about 1-2 minutes; everything runs on 127.0.0.1 with free ports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.tf_env import import_keras, import_tensorflow  # noqa: E402
+
+MODEL = "digits_mlp"
+
+
+def build_version(path: Path, seed: int) -> None:
+    """A digits MLP (64 -> 128 -> 64 -> 10) with tfscale's serving signature, published by rename."""
+    tf, keras = import_tensorflow(), import_keras()
+    tf.random.set_seed(seed)
+    inputs = keras.Input((64,), name="features")
+    x = keras.layers.Dense(128, activation="relu")(inputs)
+    x = keras.layers.Dense(64, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="features")])
+    def serve(features):
+        probs = model(features, training=False)
+        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
+
+    tmp = path.parent / f".tmp-{path.name}"
+    tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve.get_concrete_function()})
+    os.rename(tmp, path)
+
+
+def drive(clients: int, seconds: float, make_call: Callable[[], Callable[[], int]]) -> List[Tuple[float, float, int]]:
+    """Run ``clients`` threads for ``seconds``; each records (start, latency, version) per call."""
+    records: List[Tuple[float, float, int]] = []
+    errors: List[str] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    barrier = threading.Barrier(clients)
+
+    def worker():
+        call = make_call()
+        local = []
+        barrier.wait()
+        while True:
+            t = time.monotonic()
+            if t >= stop:
+                break
+            try:
+                v = call()
+            except Exception as e:  # counted, reported below
+                errors.append(repr(e)[:200])
+                continue
+            local.append((t, time.monotonic() - t, v))
+        with lock:
+            records.extend(local)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        print(f"  !! {len(errors)} failed requests, e.g. {errors[0]}")
+    drive.errors = len(errors)  # type: ignore[attr-defined]
+    return records
+
+
+def summarize(records, seconds: float) -> Dict[str, float]:
+    lat = np.array([r[1] for r in records]) * 1000
+    return {"rps": len(records) / seconds, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "n": len(records)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m orchestrator.serving`` on free ports, stopped with SIGTERM."""
+
+    def __init__(self, repo: Path, workdir: Path, *extra: str):
+        self.ready = workdir / f"ready-{time.time_ns()}.json"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+        self.log = open(workdir / "server.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.serving", f"serving.model_base={repo}",
+                                      f"serving.model_name={MODEL}", "serving.rest_port=0", "serving.grpc_port=0",
+                                      "serving.file_system_poll_wait_seconds=0.5", f"serving.ready_file={self.ready}",
+                                      "serving.log_level=WARNING", *extra],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {workdir / 'server.log'}")
+            time.sleep(0.1)
+        info = json.loads(self.ready.read_text())
+        self.rest_port, self.grpc_port = info["rest_port"], info["grpc_port"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def rest_call(port: int, row: list) -> Callable[[], Callable[[], int]]:
+    import requests
+
+    def make():
+        session = requests.Session()
+        url = f"http://127.0.0.1:{port}/v1/models/{MODEL}:predict"
+        body = json.dumps({"signature_name": "serving_default", "instances": row}).encode()
+        headers = {"Content-Type": "application/json"}
+
+        def call():
+            r = session.post(url, data=body, headers=headers, timeout=30)
+            if r.status_code != 200:
+                raise RuntimeError(r.text)
+            return 0
+        return call
+    return make
+
+
+def grpc_call(port: int, row: np.ndarray) -> Callable[[], Callable[[], int]]:
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    tf = import_tensorflow()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["features"].CopyFrom(tf.make_tensor_proto(row))
+
+    def make():
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+        def call():
+            return stub.Predict(request, timeout=30.0).model_spec.version.value
+        return call
+    return make
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    tf = import_tensorflow()
+    work = Path(tempfile.mkdtemp(prefix="tfscale-serving-bench-"))
+    repo = work / "models"
+    (repo / MODEL).mkdir(parents=True)
+    build_version(repo / MODEL / "0001", seed=1)
+    spare = work / "spare"
+    spare.mkdir()
+    build_version(spare / "0002", seed=2)
+    row = np.random.default_rng(0).random((1, 64)).astype(np.float32) * 16
+    results: Dict[str, Dict[str, float]] = {}
+    try:
+        fn = tf.saved_model.load(str(repo / MODEL / "0001")).signatures["serving_default"]
+
+        def in_process():
+            def call():
+                fn(features=tf.constant(row))["classes"].numpy()
+                return 1
+            return call
+
+        drive(args.clients, 1.0, in_process)
+        print(f"in-process: {args.clients} threads x {args.seconds:.0f}s ...", flush=True)
+        results["in-process"] = summarize(drive(args.clients, args.seconds, in_process), args.seconds)
+
+        for batching in (False, True):
+            extra = ["serving=batching", "serving.batching.max_batch_size=8",
+                     "serving.batching.batch_timeout_micros=500"] if batching else []
+            server = ServerProcess(repo, work, *extra)
+            try:
+                tag = "on" if batching else "off"
+                for name, make in (("REST", rest_call(server.rest_port, row.tolist())),
+                                   ("gRPC", grpc_call(server.grpc_port, row))):
+                    drive(args.clients, 1.0, make)  # warm connections
+                    print(f"{name} batching {tag}: {args.clients} clients x {args.seconds:.0f}s ...", flush=True)
+                    results[f"{name} (batching {tag})"] = summarize(drive(args.clients, args.seconds, make), args.seconds)
+            finally:
+                server.stop()
+
+        # p99 while a version is published and swapped in, vs the same load just before.
+        server = ServerProcess(repo, work)
+        try:
+            make = grpc_call(server.grpc_port, row)
+            drive(args.clients, 1.0, make)
+            window = max(args.seconds, 4.0)
+            publish_at: Dict[str, float] = {}
+
+            def publish():
+                time.sleep(window)
+                publish_at["t"] = time.monotonic()
+                shutil.copytree(spare / "0002", repo / MODEL / ".tmp-0002")
+                os.rename(repo / MODEL / ".tmp-0002", repo / MODEL / "0002")
+
+            print(f"gRPC during a version swap: {2 * window:.0f}s, 0002 published after {window:.0f}s ...", flush=True)
+            publisher = threading.Thread(target=publish)
+            publisher.start()
+            records = drive(args.clients, 2 * window, make)
+            publisher.join()
+            failed = drive.errors  # type: ignore[attr-defined]
+            t_pub = publish_at["t"]
+            before = [r for r in records if r[0] < t_pub]
+            during = [r for r in records if r[0] >= t_pub]
+            swapped = [r[0] for r in during if r[2] == 2]
+            results["gRPC steady (before swap)"] = summarize(before, t_pub - min(r[0] for r in records))
+            results["gRPC during swap"] = summarize(during, max(r[0] for r in records) - t_pub)
+            results["gRPC during swap"]["failed"] = failed
+            swap_s = (min(swapped) - t_pub) if swapped else float("nan")
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = results["in-process"]["rps"]
+    print()
+    print(f"{'mode':<28}{'req/s':>10}{'x in-process':>14}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, r in results.items():
+        print(f"{name:<28}{r['rps']:>10.0f}{r['rps'] / base:>14.2f}{r['p50']:>10.2f}{r['p99']:>10.2f}")
+    steady = results["gRPC steady (before swap)"]["p99"]
+    during = results["gRPC during swap"]["p99"]
+    best_grpc = max(results["gRPC (batching off)"]["rps"], results["gRPC (batching on)"]["rps"]) / base
+    best_rest = max(results["REST (batching off)"]["rps"], results["REST (batching on)"]["rps"]) / base
+    print()
+    print(f"gRPC / in-process  = {best_grpc:.2f}  (goal >= 0.40)  {'met' if best_grpc >= 0.4 else 'NOT met'}")
+    print(f"REST / in-process  = {best_rest:.2f}  (goal >= 0.25)  {'met' if best_rest >= 0.25 else 'NOT met'}")
+    print(f"p99 swap / steady  = {during / steady:.2f}  (goal <= 3.00)  {'met' if during <= 3 * steady else 'NOT met'}"
+          f"  [answers on v2 {swap_s:.2f}s after publishing; failed requests: {results['gRPC during swap']['failed']}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,7 +60,10 @@ class VertexBackend(Backend):
         message = to_proto(getattr(aiplatform_v1, what), body)
         request_json = to_json(message)
         (run_dir / "vertex_request.json").write_text(request_json + "\n")
-        gcloud_body = {k: val for k, val in json.loads(request_json).items() if k not in ("displayName", "labels", "maxTrialCount", "parallelTrialCount")}
+        # gcloud reads a CustomJobSpec for custom-jobs, and the job's remaining fields for hp-tuning-jobs.
+        parsed = json.loads(request_json)
+        gcloud_body = parsed["jobSpec"] if what == "CustomJob" else {
+            k: val for k, val in parsed.items() if k not in ("displayName", "labels", "maxTrialCount", "parallelTrialCount")}
         config_path = jobs.write_gcloud_config(run_dir / "vertex_job.yaml", gcloud_body)
         command = jobs.gcloud_command(kind, cfg, body["displayName"], config_path, body.get("labels") or {}, extra)
         facts: Dict[str, Any] = {"kind": what, "display_name": body["displayName"], "parent": parent(cfg),

@@ -101,6 +101,10 @@ def test_premium_1_job_with_many_workers_and_parameter_servers(tmp_path, listene
     assert command.startswith("gcloud ai custom-jobs create --project=tfscale-test --region=us-central1 --display-name=tfscale-digits_mlp-")
     config = command.rsplit("--config=", 1)[1]
     assert (run_dir(tmp_path) / "vertex_job.yaml").samefile(config)
+    import yaml
+
+    gcloud_spec = yaml.safe_load((run_dir(tmp_path) / "vertex_job.yaml").read_text())
+    assert gcloud_spec == json.loads(printed_request(result.stdout))["jobSpec"]  # a CustomJobSpec, as --config expects
     saved = json.loads((run_dir(tmp_path) / "vertex_request.json").read_text())
     assert saved == json.loads(printed_request(result.stdout))
 

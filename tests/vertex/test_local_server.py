@@ -32,7 +32,7 @@ def test_custom_job_is_staged_submitted_and_followed_until_it_succeeds(tmp_path,
         assert result.stdout.count(f": {state}") == 1
     record = run_dir(tmp_path)
     final = json.loads((record / "vertex_job.json").read_text())
-    assert final["state"] == "JOB_STATE_SUCCEEDED" and final["name"] == request.custom_job.display_name or final["name"].startswith(request.parent)
+    assert final["state"] == "JOB_STATE_SUCCEEDED" and final["name"].startswith(request.parent + "/customJobs/")
     assert json.loads((record / "metrics.json").read_text())["vertex"]["state"] == "JOB_STATE_SUCCEEDED"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -31,12 +32,14 @@ from typing import Any
 
 __all__ = [
     "METRICS_ENV_VAR",
+    "EventWriter",
     "crc32c",
     "iter_tfrecords",
     "list_tb_tags",
     "read_reported_metrics",
     "read_tb_scalar",
     "report_metric",
+    "write_tfrecord",
 ]
 
 METRICS_ENV_VAR = "TFSCALE_TRIAL_METRICS"
@@ -91,6 +94,51 @@ def iter_tfrecords(path: str | os.PathLike, *, check_data_crc: bool = True) -> I
             if check_data_crc and struct.unpack("<I", footer)[0] != _masked_crc(data):
                 return
             yield data
+
+
+def write_tfrecord(f: Any, data: bytes) -> None:
+    """Append one TFRecord-framed ``data`` to the binary file object ``f``."""
+    length = struct.pack("<Q", len(data))
+    f.write(length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data)))
+
+
+class EventWriter:
+    """Minimal TensorBoard event file writer.
+
+    TensorBoard's own ``EventFileWriter`` resolves its file system through TensorFlow when TensorFlow is
+    installed, which costs seconds of import; this one only needs the event protos.
+    """
+
+    def __init__(self, logdir: str | os.PathLike, suffix: str = ""):
+        from tensorboard.compat.proto import event_pb2
+
+        self._pb = event_pb2
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}{suffix}"
+        self.path = Path(logdir) / name
+        self._file = open(self.path, "ab")
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event: Any) -> None:
+        """Append an ``Event`` proto."""
+        write_tfrecord(self._file, event.SerializeToString())
+
+    def add_scalar(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
+        """Append a TF1-style ``simple_value`` scalar."""
+        from tensorboard.compat.proto import summary_pb2
+
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
+        self.add_event(self._pb.Event(wall_time=wall_time or time.time(), step=step, summary=summary))
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._file.close()
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _event_files(logdir: Path) -> list[Path]:

@@ -108,10 +108,11 @@ def _plot(study: Study, out_dir: Path) -> list[Path]:
 
 
 def _write_hparams(study: Study, logdir: Path) -> Path:
-    """HParams plugin data, written with TensorBoard's TF-free event writer."""
+    """HParams plugin data (the protos ``hparams.summary`` would build, without importing TensorFlow)."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from tuners.metrics import EventWriter
 
     def summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
         value = summary_pb2.Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data),
@@ -139,12 +140,12 @@ def _write_hparams(study: Study, logdir: Path) -> Path:
     logdir.mkdir(parents=True, exist_ok=True)
     for old in logdir.rglob("*tfevents*"):
         old.unlink()  # rewriting the whole study each time keeps TensorBoard from showing stale copies
-    writer = EventFileWriter(str(logdir))
+    writer = EventWriter(str(logdir))
     writer.add_event(event_pb2.Event(wall_time=time.time(), summary=summary(
         metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(version=0, experiment=experiment))))
     writer.close()
     statuses = {TrialStatus.COMPLETED: api_pb2.STATUS_SUCCESS, TrialStatus.FAILED: api_pb2.STATUS_FAILURE,
-                TrialStatus.STOPPED: api_pb2.STATUS_ABORTED, TrialStatus.ACTIVE: api_pb2.STATUS_RUNNING}
+                TrialStatus.STOPPED: api_pb2.STATUS_UNKNOWN, TrialStatus.ACTIVE: api_pb2.STATUS_RUNNING}
     for t in study.trials:
         start = plugin_data_pb2.SessionStartInfo(group_name=f"trial_{t.id}", start_time_secs=t.created_at)
         for name, value in t.parameters.items():
@@ -152,7 +153,7 @@ def _write_hparams(study: Study, logdir: Path) -> Path:
                 start.hparams[name].string_value = value
             else:
                 start.hparams[name].number_value = float(value)
-        writer = EventFileWriter(str(logdir / f"trial_{t.id}"))
+        writer = EventWriter(str(logdir / f"trial_{t.id}"))
         writer.add_event(event_pb2.Event(wall_time=t.created_at, summary=summary(
             metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(version=0, session_start_info=start))))
         for m in t.measurements:

@@ -73,6 +73,7 @@ def test_grid_covers_every_categorical_value_and_both_bounds():
     assert len(points) == len(xs) * 2
 
 
+@pytest.mark.slow
 def test_gp_bandit_beats_random_on_a_smooth_objective():
     spec = StudySpec.from_dict(MIXED)
     best = lambda trials: max(t.objective for t in trials if t.objective is not None)  # noqa: E731

@@ -213,6 +213,13 @@ def main() -> int:
             finally:
                 server.stop()
 
+        # The machine may be shared: measure the baseline again and keep the better run, so the ratios
+        # below are not flattered by a baseline taken while something else was busy.
+        print("in-process again ...", flush=True)
+        again = summarize(drive(args.clients, args.seconds, in_process), args.seconds)
+        if again["rps"] > results["in-process"]["rps"]:
+            results["in-process"] = again
+
         # p99 while a version is published and swapped in, vs the same load just before.
         server = ServerProcess(repo, work)
         try:

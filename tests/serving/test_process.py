@@ -145,3 +145,33 @@ def test_deploy_tf_serving_writes_files_smoke_tests_and_leaves_no_process(repo, 
     deployment, service = yaml.safe_load_all(Path(result["files"]["kubernetes_manifest"]).read_text())
     assert deployment["spec"]["replicas"] == 2
     assert json.dumps(result)  # recordable in metrics.json
+
+
+@pytest.mark.slow
+def test_deploy_launches_tensorflow_model_server_when_on_path(repo, tmp_path, monkeypatch):
+    """A stand-in ``tensorflow_model_server`` on PATH records its flags and runs the embedded server."""
+    from orchestrator.deploy import get
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    argv_file = tmp_path / "argv.json"
+    fake = bin_dir / "tensorflow_model_server"
+    fake.write_text(f"""#!{PYTHON}
+import json, os, sys
+json.dump(sys.argv[1:], open({str(argv_file)!r}, "w"))
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+os.execv({PYTHON!r}, [{PYTHON!r}, "-m", "orchestrator.serving", "serving.model_config_file=" + flags["model_config_file"],
+          "serving.rest_port=" + flags["rest_api_port"], "serving.grpc_port=" + flags["port"]])
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = _deploy_cfg(repo, tmp_path, launch="auto")
+    result = get("tf_serving").deploy(cfg, repo / MODEL / "0001", tmp_path / "run")
+    smoke = result["smoke_test"]
+    assert smoke["server"] == "tensorflow_model_server" and smoke["passed"] and not _alive(smoke["pid"])
+    flags = json.loads(argv_file.read_text())
+    assert f"--model_config_file={repo.resolve() / 'models.config'}" in flags
+    assert "--enable_batching=true" in flags
+    assert any(f.startswith("--batching_parameters_file=") for f in flags)
+    assert any(f.startswith("--monitoring_config_file=") for f in flags)
+    assert f"--port={smoke['grpc_port']}" in flags and f"--rest_api_port={smoke['rest_port']}" in flags

@@ -188,7 +188,7 @@ class RoleConfig:
     cpus: float = 1.0
     gpus: float = 0.0
     memory_mb: Optional[int] = None
-    topology: Optional[Dict[str, Any]] = None  # overrides of the topology group for this role
+    topology: Dict[str, Any] = field(default_factory=dict)  # overrides of the topology group for this role
     hosts: Optional[List[str]] = None  # explicit host:port list instead of a count
 
 
@@ -206,7 +206,7 @@ class ClusterConfig:
     worker: RoleConfig = field(default_factory=RoleConfig)
     ps: RoleConfig = field(default_factory=RoleConfig)
     evaluator: RoleConfig = field(default_factory=RoleConfig)
-    spec: Optional[Dict[str, List[str]]] = None
+    spec: Dict[str, List[str]] = field(default_factory=dict)  # empty = use the role counts
     host: str = "127.0.0.1"
 
 

@@ -18,8 +18,6 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import ray
-
 from orchestrator.backends.processes import (ClusterBackend, TaskHandle, _Echo, task_command, task_environment)
 from orchestrator.errors import ConfigError, TaskFailedError
 from strategies import tf_config
@@ -32,7 +30,6 @@ _ADDRESS = re.compile(r"^(auto|ray://[^\s:/]+:\d+|[^\s:/]+:\d+)$")
 RPC_TIMEOUT_S = 30.0
 
 
-@ray.remote(max_restarts=0)
 class TaskActor:
     """Holds one task's resources on its node and runs the task there in a child process."""
 
@@ -43,6 +40,8 @@ class TaskActor:
 
     def address(self, port: int = 0) -> str:
         """``node_ip:port`` this task will listen on (a free port unless one is given)."""
+        import ray
+
         from orchestrator.backends.processes import free_port
 
         ip = ray.util.get_node_ip_address()
@@ -97,6 +96,19 @@ class TaskActor:
             os.unlink(self.log_path)
 
 
+_REMOTE_ACTOR = None
+
+
+def remote_actor() -> Any:
+    """:class:`TaskActor` as a Ray actor class (Ray is imported only once the backend runs)."""
+    global _REMOTE_ACTOR
+    if _REMOTE_ACTOR is None:
+        import ray
+
+        _REMOTE_ACTOR = ray.remote(max_restarts=0)(TaskActor)
+    return _REMOTE_ACTOR
+
+
 class ActorTask(TaskHandle):
     """A task started by a Ray actor; polls relay its output into the run's task log."""
 
@@ -107,6 +119,8 @@ class ActorTask(TaskHandle):
         self._code: Optional[int] = None
 
     def poll(self) -> Optional[int]:
+        import ray
+
         if self._code is not None:
             return self._code
         try:
@@ -121,6 +135,8 @@ class ActorTask(TaskHandle):
         return code
 
     def stop(self, timeout: float) -> None:
+        import ray
+
         try:
             ray.get(self.actor.stop.remote(timeout), timeout=timeout + RPC_TIMEOUT_S)
             _, data = ray.get(self.actor.poll.remote(), timeout=RPC_TIMEOUT_S)
@@ -154,6 +170,8 @@ class RayBackend(ClusterBackend):
 
     # ------------------------------------------------------------------------------------------ Ray
     def prepare(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec]) -> None:
+        import ray
+
         b = cfg.backend
         if not ray.is_initialized():
             if b.ray_address:
@@ -178,7 +196,7 @@ class RayBackend(ClusterBackend):
                                       f"cluster resources: {ray.cluster_resources()}") from None
 
     def _actor(self, cfg: Any, task: TaskSpec, position: int) -> Any:
-        options: Dict[str, Any] = {"num_cpus": task.cpus, "num_gpus": task.gpus, "name": None}
+        options: Dict[str, Any] = {"num_cpus": task.cpus, "num_gpus": task.gpus}
         if task.memory_mb:
             options["memory"] = int(task.memory_mb) * 1024 * 1024
         if self._pg is not None:
@@ -188,10 +206,11 @@ class RayBackend(ClusterBackend):
         elif task.fixed_port and not tf_config.is_loopback(task.address):
             # A declared host pins the task to that node (Ray's built-in node:<ip> resource).
             options["resources"] = {f"node:{tf_config.split_address(task.address)[0]}": 0.001}
-        options.pop("name")
-        return TaskActor.options(**options).remote()
+        return remote_actor().options(**options).remote()
 
     def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+        import ray
+
         actors = [self._actor(cfg, t, i) for i, t in enumerate(tasks)]
         handles: List[TaskHandle] = []
         try:
@@ -227,6 +246,8 @@ class RayBackend(ClusterBackend):
         return handles
 
     def release(self) -> None:
+        import ray
+
         try:
             if self._pg is not None:
                 from ray.util.placement_group import remove_placement_group

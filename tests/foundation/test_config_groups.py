@@ -15,6 +15,7 @@ NEEDS_MORE = {
     ("topology", "gpu_split2"), ("topology", "gpu_growth"),
     ("strategy", "mirrored"), ("strategy", "multi_worker_mirrored"), ("strategy", "parameter_server"),
     ("data", "files"),
+    ("backend", "vertex"), ("deploy", "vertex"),  # need a Google Cloud project, region and bucket
 }
 
 

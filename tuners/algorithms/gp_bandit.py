@@ -24,6 +24,39 @@ def _expected_improvement(mu: np.ndarray, sd: np.ndarray, best: float, xi: float
     return (mu - best - xi) * ndtr(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
+class _Posterior:
+    """GP posterior with fixed hyperparameters, computed with plain numpy.
+
+    scikit-learn fits the hyperparameters; predicting through it costs milliseconds of checks per call,
+    which dominates when the acquisition optimiser needs hundreds of small predictions.
+    """
+
+    def __init__(self, fitted_kernel, x: np.ndarray, y: np.ndarray):
+        from scipy.linalg import cho_factor, cho_solve
+
+        self.amplitude = float(fitted_kernel.k1.k1.constant_value)
+        self.length_scale = np.asarray(fitted_kernel.k1.k2.length_scale, dtype=float)
+        noise = float(fitted_kernel.k2.noise_level)
+        self.x = x
+        self.mean, self.std = float(y.mean()), float(y.std() or 1.0)
+        k = self._k(x, x) + (noise + 1e-9) * np.eye(len(x))
+        factor = cho_factor(k, lower=True)
+        self.alpha = cho_solve(factor, (y - self.mean) / self.std)
+        self.k_inv = cho_solve(factor, np.eye(len(x)))
+
+    def _k(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = (a[:, None, :] - b[None, :, :]) / self.length_scale
+        r = np.sqrt(np.maximum((d * d).sum(-1), 0.0)) * math.sqrt(5.0)
+        return self.amplitude * (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation at the rows of ``x``."""
+        k = self._k(x, self.x)
+        mu = k @ self.alpha
+        var = self.amplitude - np.einsum("ij,jk,ik->i", k, self.k_inv, k)
+        return self.mean + self.std * mu, self.std * np.sqrt(np.maximum(var, 1e-12))
+
+
 class GaussianProcessBandit(Designer):
     """Bayesian optimisation: a GP surrogate and expected improvement.
 
@@ -90,15 +123,6 @@ class GaussianProcessBandit(Designer):
             self._theta = gp.kernel_.theta
         return gp
 
-    def _condition(self, gp, x: np.ndarray, y: np.ndarray):
-        """The same GP (fixed hyperparameters) refit on more points."""
-        from sklearn.gaussian_process import GaussianProcessRegressor
-
-        fixed = GaussianProcessRegressor(gp.kernel_, normalize_y=True, optimizer=None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fixed.fit(x, y)
-
     # -- acquisition ----------------------------------------------------------------------------------
     def _candidates(self, x_obs: np.ndarray, y_obs: np.ndarray) -> np.ndarray:
         n_global = self.num_candidates // 2
@@ -129,7 +153,7 @@ class GaussianProcessBandit(Designer):
             pts = np.repeat(start[None, :], len(dims) + 1, axis=0)
             pts[:, dims] = z
             pts[np.arange(1, len(dims) + 1), dims] += step
-            mu, sd = gp.predict(pts, return_std=True)
+            mu, sd = gp.predict(pts)
             ei = _expected_improvement(mu, sd, best, xi)
             return -float(ei[0]), -(ei[1:] - ei[0]) / step
 
@@ -143,7 +167,7 @@ class GaussianProcessBandit(Designer):
         best = float(y_obs.max())
         xi = self.xi * float(np.std(y_obs) or 1.0)
         cand = self._candidates(x_obs, y_obs)
-        mu, sd = gp.predict(cand, return_std=True)
+        mu, sd = gp.predict(cand)
         ei = _expected_improvement(mu, sd, best, xi)
         order = np.argsort(-ei)
         ranked: list[tuple[float, np.ndarray]] = []
@@ -168,13 +192,14 @@ class GaussianProcessBandit(Designer):
             x = np.vstack([x, [self._codec.encode(t.parameters) for t in self._failed.values()]])
             y = np.concatenate([y, np.full(len(self._failed), y.min())])
         y_warped = self._warp(y)
-        gp = self._fit(x, y_warped)
+        kernel = self._fit(x, y_warped).kernel_
         x_all, y_all = x, y_warped
+        gp = _Posterior(kernel, x_all, y_all)
         if self._active:
             pending = np.array([self._codec.encode(t.parameters) for t in self._active])
             x_all = np.vstack([x_all, pending])
-            y_all = np.concatenate([y_all, gp.predict(pending)])
-            gp = self._condition(gp, x_all, y_all)
+            y_all = np.concatenate([y_all, gp.predict(pending)[0]])
+            gp = _Posterior(kernel, x_all, y_all)
         seen = self._seen_keys()
         out: list[dict[str, Any]] = []
         for _ in range(count):
@@ -187,6 +212,6 @@ class GaussianProcessBandit(Designer):
             seen.add(point_key(values))
             chosen = self._codec.encode(values)[None, :]
             x_all = np.vstack([x_all, chosen])
-            y_all = np.concatenate([y_all, gp.predict(chosen)])
-            gp = self._condition(gp, x_all, y_all)
+            y_all = np.concatenate([y_all, gp.predict(chosen)[0]])
+            gp = _Posterior(kernel, x_all, y_all)
         return out

@@ -1,6 +1,7 @@
 """Every option of every config group composes against its schema; the valid ones validate."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ NEEDS_MORE = {
     ("strategy", "mirrored"), ("strategy", "multi_worker_mirrored"), ("strategy", "parameter_server"),
     ("data", "files"),
     ("backend", "vertex"), ("deploy", "vertex"),  # need a Google Cloud project, region and bucket
+    ("backend", "processes"), ("backend", "ray"),  # launch clusters: need a cluster option too
 }
+if not shutil.which("tensorflowjs_converter"):
+    NEEDS_MORE.add(("deploy", "tfjs"))  # the converter lives in its own environment
 
 
 def _options():

@@ -181,7 +181,7 @@ def test_batching_merges_concurrent_requests_and_keeps_answers(repo, start_serve
     from concurrent.futures import ThreadPoolExecutor
 
     expected = reference_predictions(repo / MODEL / "0001", digits_rows)
-    server = start_server(repo, batching={"enabled": True, "max_batch_size": 8, "batch_timeout_micros": 20000,
+    server = start_server(repo, batching={"enabled": True, "max_batch_size": 8, "batch_timeout_micros": 100000,
                                           "num_batch_threads": 1})
     with server.manager.resolve(MODEL) as loaded:
         sig = loaded.signature("serving_default")

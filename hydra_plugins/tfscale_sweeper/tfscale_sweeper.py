@@ -1,0 +1,104 @@
+"""Plugin classes and their configs, delegating to :mod:`tuners`.
+
+Hydra imports every module under ``hydra_plugins`` on each ``tfscale`` call (a single run and ``--help``
+included), so this module imports only Hydra: the implementation (and numpy, scikit-learn, Ray behind it)
+is loaded when the plugin is instantiated for a ``-m`` study.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+_PREFIX = "hydra_plugins.tfscale_sweeper.tfscale_sweeper"
+
+
+@dataclass
+class TfscaleSweeperConf:
+    """``hydra/sweeper=tfscale``: runs the study declared under the root ``study:`` key."""
+
+    _target_: str = f"{_PREFIX}.TfscaleSweeper"
+    store: Optional[str] = None  # study store: null = <hydra.sweep.dir>/study.db; a .db path or sqlite:/// URL
+    poll_interval_s: float = 1.0  # how often running trials' per-epoch metrics are read
+    plots: bool = True  # PNG plots in the results (matplotlib)
+
+
+@dataclass
+class TfscaleProcessesLauncherConf:
+    """``hydra/launcher=tfscale_processes``: each job a fresh ``tfscale`` process on this machine."""
+
+    _target_: str = f"{_PREFIX}.TfscaleProcessesLauncher"
+    max_parallel: Optional[int] = None  # jobs of a batch running at once; null = the whole batch
+    gpus_per_trial: Optional[int] = None  # null = this machine's GPUs split evenly between parallel jobs
+    stop_timeout_s: float = 10.0  # SIGTERM -> SIGKILL grace when a job is stopped
+    stream_logs: bool = False  # echo each job's output prefixed with "[trial N] "
+
+
+@dataclass
+class TfscaleRayLauncherConf:
+    """``hydra/launcher=tfscale_ray``: each job a fresh Ray worker process holding the job's resources."""
+
+    _target_: str = f"{_PREFIX}.TfscaleRayLauncher"
+    address: Optional[str] = None  # null = start a local Ray; "auto", "host:port", "ray://host:port"
+    num_cpus: Optional[int] = None  # local Ray only: CPUs it offers (null = this machine's cores)
+    cpus_per_trial: float = 1.0  # jobs whose own backend is ray reserve none: their actors do
+    gpus_per_trial: float = 0.0
+    stop_timeout_s: float = 10.0
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="tfscale", node=TfscaleSweeperConf, provider="tfscale")
+ConfigStore.instance().store(group="hydra/launcher", name="tfscale_processes", node=TfscaleProcessesLauncherConf,
+                             provider="tfscale")
+ConfigStore.instance().store(group="hydra/launcher", name="tfscale_ray", node=TfscaleRayLauncherConf,
+                             provider="tfscale")
+
+
+class TfscaleSweeper(Sweeper):
+    """Hydra entry point of :class:`tuners.sweeper.StudySweeper`."""
+
+    def __init__(self, **settings: Any) -> None:
+        from tuners.sweeper import StudySweeper
+
+        self._impl = StudySweeper(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        return self._impl.sweep(arguments)
+
+
+class TfscaleProcessesLauncher(Launcher):
+    """Hydra entry point of :class:`tuners.launchers.ProcessesLauncher`."""
+
+    def __init__(self, **settings: Any) -> None:
+        from tuners.launchers import ProcessesLauncher
+
+        self._impl = ProcessesLauncher(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self._impl.launch(job_overrides, initial_job_idx)
+
+
+class TfscaleRayLauncher(Launcher):
+    """Hydra entry point of :class:`tuners.launchers.RayLauncher`."""
+
+    def __init__(self, **settings: Any) -> None:
+        from tuners.launchers import RayLauncher
+
+        self._impl = RayLauncher(**settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self._impl.launch(job_overrides, initial_job_idx)

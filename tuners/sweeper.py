@@ -1,0 +1,425 @@
+"""The Hydra sweeper of ``tfscale -m study=NAME``: a :class:`~tuners.Study` driven through a Hydra launcher.
+
+The sweeper decides *what* runs: it asks the study for up to ``max_parallel_trials`` suggestions, turns
+each into an override list (the command line's overrides + the trial's ``key=value`` pairs) and hands the
+batch to the configured launcher, whose job numbers are the trial ids (``hydra.sweep.subdir`` may use
+``${hydra.job.num}``). While a batch runs it reads each trial's ``epochs.jsonl`` (and ``report_metric``
+lines) into the study as measurements, and asks the launcher to stop trials the early stopping rule
+rejects. When the batch returns, each trial is completed, failed or stopped in the study store.
+
+**The study** is the root ``study:`` node: the native form of :meth:`StudySpec.from_dict`, or an AI
+Platform (``trainingInput: ...``) or Vertex (``studySpec: ...``) dict given verbatim, plus
+
+* ``name`` — the study's name (used by ``conf/study/*.yaml`` for ``hydra.sweep.dir``);
+* ``param_map`` — AI Platform/Vertex only: ``parameterName`` → config key.
+
+**The objective** of a trial, by the metric tag, is looked up in this order:
+
+1. the trial's return value (``metrics.json``): ``validation.accuracy``-style paths and top-level keys
+   as is; ``accuracy``/``epoch_accuracy``/``val_accuracy``/``validation/epoch_accuracy`` →
+   ``validation.accuracy`` (``test.accuracy`` when the run has no validation split); ``test_accuracy`` →
+   ``test.accuracy``; ``train/epoch_loss`` → ``train.loss``. The validation split is the default because
+   the test split must stay unseen by the search;
+2. the TensorBoard event files under the trial's directory (:func:`tuners.read_tb_scalar`, last value);
+3. the trial's ``report_metric`` lines (last value of the tag).
+
+If the first trial to finish reports the tag nowhere, the study stops with an error naming the tag and
+the tags that were found.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from orchestrator.errors import ConfigError, TfscaleError
+
+log = logging.getLogger("tfscale.study")
+
+_SPLITS = ("validation", "test", "train")
+_SWEEPER_KEYS = ("name", "param_map")
+
+
+# ------------------------------------------------------------------------------------ study spec
+def study_spec(node: Any) -> Tuple[Any, str]:
+    """The :class:`StudySpec` and name of the root ``study:`` config node.
+
+    Raises:
+        ConfigError: no study is selected.
+        StudySpecError: the spec is invalid (the message names the field and the fix).
+    """
+    from tuners import StudySpec, StudySpecError
+
+    if node is None:
+        raise ConfigError("study", None, "hydra/sweeper=tfscale runs a study: pick one with study=NAME "
+                                         "(an option of conf/study/), e.g. tfscale -m study=digits_lr_units.")
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    if not isinstance(raw, dict):
+        raise ConfigError("study", raw, "The study must be a mapping (see conf/study/*.yaml).")
+    name = str(raw.pop("name", None) or "study")
+    param_map = raw.pop("param_map", None)
+    if param_map is not None and not isinstance(param_map, dict):
+        raise StudySpecError(f"param_map: must map parameterName to a config key, but got {param_map!r}. "
+                             f"Use e.g. param_map: {{n_layers: model.layers.1.units}}.")
+    if {"trainingInput", "hyperparameters"} & set(raw):
+        return StudySpec.from_ai_platform(raw, param_map), name
+    if {"studySpec", "study_spec", "metrics"} & set(raw):
+        return StudySpec.from_vertex(raw, param_map), name
+    if param_map is not None:
+        raise StudySpecError("param_map: only AI Platform and Vertex specs use it; native parameters name their "
+                             "config key with key:. Remove param_map.")
+    return StudySpec.from_dict(raw), name
+
+
+# ------------------------------------------------------------------------------------- objectives
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def metric_candidates(tag: str) -> List[str]:
+    """Dotted ``metrics.json`` paths the tag may name, most specific first (see the module docstring)."""
+    if "/" in tag:
+        split, _, name = tag.rpartition("/")
+        split = {"val": "validation", "eval": "validation"}.get(split, split)
+        name = name[len("epoch_"):] if name.startswith("epoch_") else name
+        return [f"{split}.{name}"]
+    if "." in tag:
+        return [tag]
+    if tag.startswith("val_"):
+        return [f"validation.{tag[4:]}"]
+    if tag.startswith("test_"):
+        return [f"test.{tag[5:]}", tag]
+    name = tag[len("epoch_"):] if tag.startswith("epoch_") else tag
+    return [tag, f"validation.{name}", f"test.{name}"]
+
+
+def objective_from_metrics(metrics: Any, tag: str) -> Optional[float]:
+    """The value of ``tag`` in a trial's return value, or None."""
+    if not isinstance(metrics, Mapping):
+        return None
+    flat = _flatten(metrics)
+    for key in metric_candidates(tag):
+        if key in flat:
+            return flat[key]
+    return None
+
+
+def epoch_key(tag: str) -> Optional[str]:
+    """The ``epochs.jsonl`` key carrying ``tag`` per epoch (Keras history names), or None."""
+    for key in metric_candidates(tag):
+        split, _, name = key.rpartition(".")
+        if split == "validation":
+            return f"val_{name}"
+        if split == "train":
+            return name
+    return None
+
+
+def objective_from_files(job_dir: Path, tag: str) -> Optional[float]:
+    """The last value of ``tag`` in the trial's TensorBoard event files, else in its reported metrics."""
+    from tuners import read_reported_metrics, read_tb_scalar
+    from tuners.launchers import REPORTED_METRICS
+
+    try:
+        values = read_tb_scalar(job_dir, tag)
+    except ValueError as exc:  # the bare tag is in several event directories
+        raise ConfigError("study.metric.tag", tag, str(exc)) from None
+    if values:
+        return float(values[-1][1])
+    reported = read_reported_metrics(job_dir / REPORTED_METRICS, tag)
+    return float(reported[-1]["value"]) if reported else None
+
+
+def tags_found(metrics: Any, job_dir: Path) -> List[str]:
+    """Every metric name a trial reported: return value paths, TensorBoard tags, report_metric tags."""
+    from tuners import list_tb_tags, read_reported_metrics
+    from tuners.launchers import REPORTED_METRICS
+
+    found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
+    found = [k for k in found if not k.startswith("history.")]
+    found += list_tb_tags(job_dir) if job_dir.exists() else []
+    found += sorted({r.get("tag") for r in read_reported_metrics(job_dir / REPORTED_METRICS)} - {None})
+    return found
+
+
+# ------------------------------------------------------------------------------------------ sweeper
+class _Batch(threading.Thread):
+    """Runs one launcher call off the main thread, so the main thread can watch the trials meanwhile."""
+
+    def __init__(self, launcher: Any, overrides: List[List[str]], first: int):
+        super().__init__(daemon=True, name=f"tfscale-batch-{first}")
+        self.launcher, self.overrides, self.first = launcher, overrides, first
+        self.returns: Optional[Sequence[JobReturn]] = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.returns = self.launcher.launch(self.overrides, initial_job_idx=self.first)
+        except BaseException as exc:  # re-raised in the main thread
+            self.error = exc
+
+
+class StudySweeper(Sweeper):
+    """Runs the study of the root ``study:`` node; see the module docstring."""
+
+    def __init__(self, store: Optional[str] = None, poll_interval_s: float = 1.0, plots: bool = True) -> None:
+        self.store = store
+        self.poll_interval_s = float(poll_interval_s)
+        self.plots = bool(plots)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher: Any = None
+        self._task_function: Optional[TaskFunction] = None
+        self._tag_seen = False
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self._task_function = task_function
+
+    # -- entry point ------------------------------------------------------------------------------
+    def sweep(self, arguments: List[str]) -> Any:
+        from tuners import StudyFailedError, StudySpecError, StudyStoreError
+
+        previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+            else None
+        try:
+            return self._sweep(list(arguments))
+        except (StudySpecError, StudyStoreError) as exc:
+            print(f"tfscale: error: invalid study: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except StudyFailedError as exc:
+            print(f"tfscale: error: study stopped: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except TfscaleError as exc:
+            print(f"tfscale: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
+        from tuners import Study, progress_line, write_results
+
+        assert self.config is not None and self.hydra_context is not None
+        spec, name = study_spec(self.config.get("study"))
+        base = self._base_overrides(arguments)
+        self._validate(spec, base)
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study = Study(spec, store=self.store or sweep_dir)
+        if study.resumed:
+            print(f"[study] resuming '{name}' in {sweep_dir}: {progress_line(study)}", flush=True)
+        else:
+            print(f"[study] '{name}': {spec.max_trials} trials, {spec.max_parallel_trials} in parallel, "
+                  f"{spec.algorithm.resolved().name}, objective {spec.metric.goal.name} {spec.metric.tag}; "
+                  f"results in {sweep_dir}", flush=True)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=self._task_function, config=self.config)
+        returns: List[Sequence[JobReturn]] = []
+        self._tag_seen = any(t.objective is not None for t in study.trials)
+        while not study.is_done:
+            trials = study.suggest()
+            if not trials:
+                break
+            trials = self._drop_invalid(study, base, trials)
+            for run in _contiguous(sorted(trials, key=lambda t: t.id)):
+                returns.append(self._run_batch(study, base, run))
+                print(progress_line(study), flush=True)
+            # Cheap tables after every batch, so a killed study still leaves up-to-date results.
+            write_results(study, sweep_dir, plots=False, tensorboard=False)
+        paths = write_results(study, sweep_dir, plots=self.plots)
+        best = study.best_trial
+        if best is not None:
+            print(f"[study] best trial {best.id}: {spec.metric.tag}={best.objective:.6g}  "
+                  f"{' '.join(best.overrides())}", flush=True)
+        print(f"[study] results: {', '.join(str(p) for p in paths.values())}", flush=True)
+        study.close()
+        return returns
+
+    # -- before any trial ---------------------------------------------------------------------------
+    def _base_overrides(self, arguments: List[str]) -> List[str]:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                raise ConfigError(override.get_key_element(), override.input_line,
+                                  "A study chooses the values of its parameters; a comma list or range sweep does "
+                                  "not combine with it. Give one value, or add the key to the study's parameters.")
+        return list(arguments)
+
+    def _compose_and_validate(self, overrides: List[str]) -> None:
+        from orchestrator.cli import translate_compose_error
+        from orchestrator.validation import validate
+
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
+            raise translate_compose_error(exc, overrides) from exc
+        validate(cfg)
+
+    def _validate(self, spec: Any, base: List[str]) -> None:
+        """Compose and validate the first suggestion's config, so a bad base config fails before any trial."""
+        from tuners import Study
+
+        probe = Study(spec).suggest(1)[0]
+        self._compose_and_validate(base + probe.overrides())
+
+    def _drop_invalid(self, study: Any, base: List[str], trials: List[Any]) -> List[Any]:
+        """Fail (without a process) suggestions whose config does not validate, e.g. momentum=1.0 for SGD."""
+        keep = []
+        for trial in trials:
+            try:
+                self._compose_and_validate(base + trial.overrides())
+            except ConfigError as exc:
+                print(f"[study] trial {trial.id}: invalid config, not run: {exc}", flush=True)
+                study.fail(trial.id, str(exc))
+                continue
+            keep.append(trial)
+        return keep
+
+    # -- one batch ----------------------------------------------------------------------------------
+    def _job_dir(self, overrides: List[str], trial_id: int) -> Path:
+        from tuners.launchers import prepare_job
+
+        return prepare_job(self.hydra_context, self.config, overrides, trial_id).dir
+
+    def _run_batch(self, study: Any, base: List[str], trials: List[Any]) -> Sequence[JobReturn]:
+        from tuners.launchers import STOP_FILE
+
+        overrides = [base + t.overrides() for t in trials]
+        dirs = {t.id: self._job_dir(o, t.id) for t, o in zip(trials, overrides)}
+        for d in dirs.values():
+            (d / STOP_FILE).unlink(missing_ok=True)
+        seen = {t.id: {step for step, _ in t.curve(study.spec.metric.tag)} for t in trials}
+        stopped: set = set()
+        batch = _Batch(self.launcher, overrides, trials[0].id)
+        log.info("launching trials %s", ", ".join(str(t.id) for t in trials))
+        batch.start()
+        while batch.is_alive():
+            batch.join(self.poll_interval_s)
+            for trial in trials:
+                if trial.id not in stopped and self._measure(study, trial.id, dirs[trial.id], seen[trial.id]):
+                    stopped.add(trial.id)
+                    dirs[trial.id].mkdir(parents=True, exist_ok=True)
+                    (dirs[trial.id] / STOP_FILE).touch()
+                    print(f"[study] trial {trial.id}: stopped early by the {study.spec.early_stopping.rule.name} "
+                          f"rule", flush=True)
+        if batch.error is not None:
+            raise batch.error
+        returns = list(batch.returns or [])
+        for trial, ret in zip(trials, returns):
+            self._measure(study, trial.id, dirs[trial.id], seen[trial.id], final=True)
+            self._record(study, trial, ret, dirs[trial.id], trial.id in stopped)
+        return returns
+
+    def _measure(self, study: Any, trial_id: int, job_dir: Path, seen: set, final: bool = False) -> bool:
+        """Feed new per-epoch values of the metric to the study; True if the trial should be stopped."""
+        from tuners import TrialStatus, read_reported_metrics
+        from tuners.launchers import REPORTED_METRICS
+
+        if study.trial(trial_id).status is not TrialStatus.ACTIVE:
+            return False
+        tag = study.spec.metric.tag
+        key = epoch_key(tag)
+        points: List[Tuple[int, float]] = []
+        if key is not None:
+            for record in _read_jsonl(job_dir / "epochs.jsonl"):
+                if key in record and "epoch" in record:
+                    points.append((int(record["epoch"]), float(record[key])))
+        for record in read_reported_metrics(job_dir / REPORTED_METRICS, tag):
+            if record.get("step") is not None:
+                points.append((int(record["step"]), float(record["value"])))
+        decision = False
+        for step, value in sorted(points):
+            if step in seen or not math.isfinite(value):
+                continue
+            seen.add(step)
+            decision = bool(study.add_measurement(trial_id, step, value)) or decision
+        return decision and not final
+
+    def _record(self, study: Any, trial: Any, ret: JobReturn, job_dir: Path, stopped: bool) -> None:
+        tag = study.spec.metric.tag
+        log_path = str(job_dir / "trial.log") if (job_dir / "trial.log").exists() else str(job_dir)
+        if stopped:
+            study.stop(trial.id)
+            return
+        if ret.status is not JobStatus.COMPLETED:
+            error = ret._return_value  # JobReturn.return_value would re-raise it
+            try:
+                study.fail(trial.id, str(error), log_path=log_path)
+            finally:
+                print(f"[study] trial {trial.id} failed: {str(error).splitlines()[0]} (log: {log_path})",
+                      flush=True)
+            return
+        metrics = ret.return_value
+        objective = objective_from_metrics(metrics, tag)
+        if objective is None:
+            objective = objective_from_files(job_dir, tag)
+        if objective is None:
+            found = tags_found(metrics, job_dir)
+            message = (f"trial {trial.id} reported no metric {tag!r}. Metrics it reported: "
+                       f"{', '.join(found) or 'none'}. Set study.metric.tag to one of them (e.g. accuracy = "
+                       f"validation.accuracy), or report it with tuners.report_metric(value, tag={tag!r}).")
+            study.fail(trial.id, message, log_path=log_path)
+            if not self._tag_seen:  # no trial will report it: stop before spending the whole budget
+                raise ConfigError("study.metric.tag", tag, message)
+            return
+        self._tag_seen = True
+        study.complete(trial.id, objective, log_path=log_path)
+
+
+def _contiguous(trials: List[Any]) -> List[List[Any]]:
+    """Split trials into runs of consecutive ids: a launcher numbers a batch's jobs consecutively."""
+    runs: List[List[Any]] = []
+    for trial in trials:
+        if runs and runs[-1][-1].id + 1 == trial.id:
+            runs[-1].append(trial)
+        else:
+            runs.append([trial])
+    return runs
+
+
+def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
+    import json
+
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the last line may be half-written
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM ends the driver like Ctrl-C: the launchers' exit handlers stop the running trials and the
+    # study store keeps them ACTIVE, so the next run of the same command re-runs them.
+    raise SystemExit(128 + signum)

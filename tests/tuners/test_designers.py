@@ -36,7 +36,7 @@ class TestGrid(BasicDesignerTestCase):
 
 class TestGaussianProcessBandit(BasicDesignerTestCase):
     def make(self, spec, seed):
-        return GaussianProcessBandit(spec, seed, num_candidates=500)
+        return GaussianProcessBandit(spec, seed, num_candidates=300, num_refine=1)
 
 
 class TestTPE(BasicDesignerTestCase):

@@ -204,7 +204,9 @@ class StudySweeper(Sweeper):
         try:
             return self._sweep(list(arguments))
         except (StudySpecError, StudyStoreError) as exc:
-            print(f"tfscale: error: invalid study: {exc}", file=sys.stderr)
+            where = self.config.get("study", {}).get("name", "") if self.config is not None else ""
+            print(f"tfscale: error: invalid study {where!r} (the study: node; override a field with "
+                  f"study.<field>=...): {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except StudyFailedError as exc:
             print(f"tfscale: error: study stopped: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ class Designer(abc.ABC):
         self._observed: dict[int, Trial] = {}
         self._failed: dict[int, Trial] = {}
         self._active: list[Trial] = []
+        self._finished_keys: set[tuple] = set()
 
     @abc.abstractmethod
     def suggest(self, count: int = 1) -> list[dict[str, Any]]:
@@ -50,12 +51,12 @@ class Designer(abc.ABC):
                 self._observed[trial.id] = trial
             else:
                 self._failed[trial.id] = trial
+            self._finished_keys.add(point_key(trial.parameters))
         self._active = list(active)
 
     # Helpers shared by implementations; not part of the interface.
     def _seen_keys(self) -> set[tuple]:
-        trials = [*self._observed.values(), *self._failed.values(), *self._active]
-        return {point_key(t.parameters) for t in trials}
+        return self._finished_keys | {point_key(t.parameters) for t in self._active}
 
     def _maximised(self, trial: Trial) -> float:
         return self.spec.metric.goal.sign * float(trial.objective)

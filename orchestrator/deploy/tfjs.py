@@ -5,7 +5,10 @@ tensorflowjs 4.22 pins TensorFlow 2.19 (through tensorflow-decision-forests), so
 tfscale's environment and is installed in a virtualenv of its own::
 
     python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs
-    tfscale deploy=tfjs deploy.tfjs.converter=~/.venvs/tfjs/bin/tensorflowjs_converter
+    tfscale deploy=tfjs deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter
+
+(On the command line the shell expands ``$HOME``; Hydra's override grammar rejects an unquoted ``~``.
+In a YAML file ``~/.venvs/...`` works: the path is expanded here.)
 
 Output: ``<deploy.tfjs.output_base>/<export.model_name>/<NNNN>/`` (``model.json`` and weight shards),
 numbered like the SavedModel version it was converted from. It is written into a hidden temporary
@@ -30,8 +33,8 @@ log = logging.getLogger(__name__)
 
 QUANTIZE = ("none", "float16", "uint8", "uint16")
 INSTALL_HINT = ("tensorflowjs pins its own TensorFlow, so install it in a separate environment: "
-                "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs`, then set "
-                "deploy.tfjs.converter=~/.venvs/tfjs/bin/tensorflowjs_converter.")
+                "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs`, then pass "
+                "deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter (or put that path in your config).")
 
 
 def converter_command(converter: str) -> List[str]:

@@ -201,7 +201,8 @@ class VersionState:
 
 @dataclass
 class _Model:
-    entry: ModelEntry
+    entry: ModelEntry  # what requests are routed by (labels switch only once their versions are loaded)
+    target: Optional[ModelEntry] = None  # the latest config of the model; None = same as entry
     routed: Dict[int, LoadedVersion] = field(default_factory=dict)
     states: Dict[int, VersionState] = field(default_factory=dict)
     failed: Dict[int, float] = field(default_factory=dict)  # version -> mtime of the directory that failed
@@ -299,7 +300,7 @@ class ModelManager:
                 entries = self._source()
                 if entries is not None:
                     with self._lock:
-                        current = {n: m.entry for n, m in self._models.items()}
+                        current = {n: m.target or m.entry for n, m in self._models.items()}
                     if current != {e.name: e for e in entries}:
                         log.info("model config changed; applying %d model(s)", len(entries))
                         self._apply_entries(entries)
@@ -310,7 +311,7 @@ class ModelManager:
             new = {e.name: e for e in entries}
             for name, entry in new.items():
                 if name in self._models:
-                    self._models[name].entry = entry
+                    self._models[name].target = entry
                 else:
                     self._models[name] = _Model(entry)
             removed = [self._models.pop(n) for n in list(self._models) if n not in new]
@@ -325,16 +326,17 @@ class ModelManager:
         for m in models:
             self._sync_model(m)
 
-    def _desired(self, m: _Model, on_disk: Dict[int, Path]) -> List[int]:
-        wanted = set(m.entry.policy.select(list(on_disk)))
+    def _desired(self, entry: ModelEntry, on_disk: Dict[int, Path]) -> List[int]:
+        wanted = set(entry.policy.select(list(on_disk)))
         # A label keeps its version loaded, which is how a label pins a version the policy would drop.
-        wanted |= {v for v in m.entry.labels.values() if v in on_disk}
+        wanted |= {v for v in entry.labels.values() if v in on_disk}
         return sorted(wanted)
 
     def _sync_model(self, m: _Model) -> None:
-        name = m.entry.name
-        on_disk = version_dirs(m.entry.base_path)
-        desired = self._desired(m, on_disk)
+        target = m.target or m.entry
+        name = target.name
+        on_disk = version_dirs(target.base_path)
+        desired = self._desired(target, on_disk)
         for v in desired:
             if v in m.routed:
                 continue
@@ -343,6 +345,12 @@ class ModelManager:
             if m.failed.get(v) == mtime:
                 continue
             self._load(m, v, path, mtime)
+        if m.target is not None:
+            with self._lock:
+                # Labels move only now that the versions they point at are loaded (or failed to load).
+                if m.entry.labels != target.labels:
+                    log.info("model %s: labels %s -> %s", name, m.entry.labels, target.labels)
+                m.entry, m.target = target, None
         stale = [v for v in list(m.routed) if v not in desired]
         if stale and not any(v in m.routed for v in desired) and desired:
             # Nothing wanted could be loaded: keep serving what is there rather than nothing.

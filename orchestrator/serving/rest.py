@@ -133,7 +133,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(length_text)
         if length > self.server.max_body_bytes:
-            # The body is not read, so the connection cannot be reused.
+            # Drain a moderately large body so the client reads the 413 instead of a reset connection;
+            # a huge one is cut off. Either way the connection is closed afterwards.
+            if length <= 16 * self.server.max_body_bytes:
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
             self._error(RequestError(ErrorCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the "
                                      f"limit of {self.server.max_body_bytes} (serving.max_body_bytes)"), close=True)
             return

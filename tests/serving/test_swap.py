@@ -127,11 +127,28 @@ def test_labels_pin_versions_and_rollback_moves_stable(repo, start_server, templ
     assert requests.get(f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}/labels/stable").json()[
         "model_version_status"][0]["version"] == "2"
 
-    # Roll 'stable' back one version: the label keeps version 1 loaded although the policy is latest{1}.
-    assert rollback_main(["--model", MODEL, f"serving.model_base={repo}"]) == 0
-    deadline = time.monotonic() + 10
-    while server.manager.labels(MODEL).get("stable") != 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Roll 'stable' back one version while a client keeps using the label: no request fails, and the
+    # label keeps version 1 loaded although the policy is latest{1}.
+    codes, stop = [], threading.Event()
+
+    def client():
+        with requests.Session() as session:
+            while not stop.is_set():
+                codes.append(session.post(url, json=body).status_code)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert rollback_main(["--model", MODEL, f"serving.model_base={repo}"]) == 0
+        deadline = time.monotonic() + 10
+        while server.manager.labels(MODEL).get("stable") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert codes and set(codes) == {200}
     _wait_state(server.rest_port, 1, "AVAILABLE")
     assert requests.post(url, json=body).status_code == 200
     assert requests.get(f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}/labels/stable").json()[

@@ -91,12 +91,32 @@ class TfServingTarget(DeployTarget):
         manifest.write_text(yaml.safe_dump_all(cf.kubernetes_manifest(d, model_base, _k8s_name(name)), sort_keys=False))
         files["kubernetes_manifest"] = str(manifest)
 
-        result: Dict[str, Any] = {"target": self.name, "model": name, "version": version, "labels": labels,
+        notes = _label_notes(entry)
+        for note in notes:
+            print(f"[tf_serving] note: {note}", flush=True)
+        result: Dict[str, Any] = {"target": self.name, "model": name, "version": version, "labels": labels, "notes": notes,
                                   "files": files, "launch_plan": {"binary": plan["binary_command"],
                                                                   "docker": plan["docker_command"]}}
         if d.launch != "none":
             result["smoke_test"] = smoke_test(d, config_path, model_base, name, version, version_dir, out)
         return result
+
+
+def _label_notes(entry: Any) -> List[str]:
+    """Labels that tensorflow_model_server would refuse: it labels only versions its policy loads."""
+    from orchestrator.serving.repository import version_dirs
+
+    published = version_dirs(entry.base_path)
+    loaded = set(entry.policy.select(list(published)))
+    notes = []
+    for label, v in sorted(entry.labels.items()):
+        if v not in published:
+            notes.append(f"label '{label}' -> version {v}, which is not published under {entry.base_path}.")
+        elif v not in loaded:
+            notes.append(f"label '{label}' -> version {v} is outside the version policy ({entry.policy.policy}); "
+                         "tensorflow_model_server will not load it (the embedded server does). Use "
+                         "deploy.tf_serving.version_policy.policy=specific with that version, or policy=all.")
+    return notes
 
 
 def _in_container(entry: Any, model_base: Path) -> Any:

@@ -130,3 +130,16 @@ def test_every_serving_and_deploy_option_composes_with_the_root_config():
         with pytest.raises(ConfigError) as info:
             get("tf_serving").check(bad)
         assert info.value.key == "deploy.tf_serving.launch"
+
+
+def test_deploy_notes_labels_tf_serving_would_refuse(tmp_path):
+    from orchestrator.deploy.tf_serving import _label_notes
+
+    for v in (1, 2):
+        (tmp_path / f"{v:04d}").mkdir()
+    entry = ModelEntry("m", str(tmp_path), VersionPolicy("latest", 1), {"stable": 1, "canary": 2, "gone": 9})
+    notes = _label_notes(entry)
+    assert len(notes) == 2
+    assert "'gone'" in notes[0] and "not published" in notes[0]
+    assert "'stable'" in notes[1] and "policy=specific" in notes[1]
+    assert _label_notes(ModelEntry("m", str(tmp_path), VersionPolicy("all"), {"stable": 1})) == []

@@ -40,26 +40,6 @@ def server_or_sidecar(cfg: Any, identity: Any) -> Optional[str]:
     return None
 
 
-def start_collectives(cfg: Any, identity: Any) -> Any:
-    """Build a strategy that must exist before TensorFlow's runtime initialises; None for the others.
-
-    multi_worker_mirrored configures collective ops and the coordination service at program startup,
-    which applying the topology (it lists the logical devices) would otherwise have passed; its
-    validation therefore admits only topologies that need no pre-runtime device settings.
-    """
-    import strategies
-    from orchestrator.topology import set_process_environment
-    from orchestrator.tf_env import import_tensorflow
-    from orchestrator.validation import strategy_context
-    from strategies.tf_config import role_topology
-
-    impl = strategies.get(cfg.strategy.name)
-    if not (identity.in_cluster and getattr(impl, "starts_runtime", False)):
-        return None
-    set_process_environment(role_topology(cfg, identity.task_type))
-    return impl.build(strategy_context(cfg), import_tensorflow())
-
-
 def run_cluster_task(cfg: Any, run_dir: Path, identity: Any) -> Dict[str, Any]:
     """Run a ps/worker server or the evaluator sidecar; returns what the task recorded."""
     from orchestrator.topology import apply_topology

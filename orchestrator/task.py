@@ -90,7 +90,7 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
     from orchestrator.data import load_splits, make_dataset
     from orchestrator.export import export_version
     from orchestrator.models import build_model
-    from orchestrator.topology import apply_topology
+    from orchestrator.topology import configure_devices, describe_devices
     from orchestrator.validation import strategy_context
     import strategies
 
@@ -103,21 +103,22 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
 
     if cluster_task.server_or_sidecar(cfg, identity):  # ps/worker servers and the evaluator build no trainer
         return cluster_task.run_cluster_task(cfg, run_dir, identity)
-    early_strategy = cluster_task.start_collectives(cfg, identity)
-    applied = apply_topology(role_topology(cfg, identity.task_type))  # first: before anything initialises TensorFlow's runtime
+    topology = role_topology(cfg, identity.task_type)
+    tf, plan, env_changes = configure_devices(topology)  # first: before anything initialises TensorFlow's runtime
 
-    from orchestrator.tf_env import import_keras, import_tensorflow
+    from orchestrator.tf_env import import_keras
 
-    tf, keras = import_tensorflow(), import_keras()
+    keras = import_keras()
     t = cfg.trainer
     keras.utils.set_random_seed(int(t.seed))
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
+    # Built after the device settings and before anything lists devices: MultiWorkerMirrored starts the
+    # collective runtime in its constructor, which must see the configured devices.
+    strategy = strategies.get(cfg.strategy.name).build(strategy_context(cfg, plan), tf)
+    applied = describe_devices(tf, topology, plan, env_changes)
     if t.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(t.mixed_precision)
-
-    ctx = strategy_context(cfg)
-    strategy = early_strategy or strategies.get(cfg.strategy.name).build(ctx, tf)
     replicas = int(strategy.num_replicas_in_sync)
     record = provenance(cfg, topology=applied, overrides=overrides)
     record.update({"strategy": cfg.strategy.name, "replicas": replicas, "task": identity.__dict__})

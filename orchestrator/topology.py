@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from orchestrator.errors import ConfigError
 
@@ -119,16 +118,14 @@ def set_process_environment(topo: Any, env: Optional[Dict[str, str]] = None) -> 
     return changes
 
 
-def apply_topology(topo: Any) -> Dict[str, Any]:
-    """Configure this process's devices; must run before TensorFlow initialises its runtime.
+def configure_devices(topo: Any) -> Tuple[Any, DevicePlan, Dict[str, str]]:
+    """Set the CUDA environment, import TensorFlow and configure its physical devices and thread pools.
 
-    Returns what was applied (the logical devices TensorFlow then reports) for the run record.
+    Everything here is accepted by TensorFlow only before its runtime initialises, so nothing in this
+    function lists logical devices or runs an op. Strategies that start the runtime themselves
+    (MultiWorkerMirrored starts collective ops) are built after this and before :func:`describe_devices`.
     """
     plan = plan_devices(topo)
-    if "tensorflow" in sys.modules:
-        # TensorFlow may already be imported (e.g. by a test); configuring is still possible until the
-        # runtime initialises, and TensorFlow raises RuntimeError below if it did.
-        log.debug("tensorflow already imported before apply_topology")
     env_changes = set_process_environment(topo)
     from orchestrator.tf_env import import_tensorflow
 
@@ -136,8 +133,7 @@ def apply_topology(topo: Any) -> Dict[str, Any]:
     for note in plan.notes:
         log.warning("topology: %s", note)
     try:
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
+        for gpu in tf.config.list_physical_devices("GPU"):
             if topo.virtual_gpus > 1 or topo.gpu_memory_limit_mb is not None:
                 tf.config.set_logical_device_configuration(
                     gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=topo.gpu_memory_limit_mb)] * topo.virtual_gpus)
@@ -147,7 +143,6 @@ def apply_topology(topo: Any) -> Dict[str, Any]:
         if topo.cpu_devices > 1:
             tf.config.set_logical_device_configuration(
                 cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(topo.cpu_devices)])
-        tf.config.set_soft_device_placement(bool(topo.soft_device_placement))
         if topo.inter_op_threads:
             tf.config.threading.set_inter_op_parallelism_threads(topo.inter_op_threads)
         if topo.intra_op_threads:
@@ -156,16 +151,27 @@ def apply_topology(topo: Any) -> Dict[str, Any]:
         raise RuntimeError(
             "The device topology must be applied before TensorFlow initialises; something in this process "
             f"already used TensorFlow ({exc}). Run each task in a fresh process.") from exc
-    logical = tf.config.list_logical_devices()
+    return tf, plan, env_changes
+
+
+def describe_devices(tf: Any, topo: Any, plan: DevicePlan, env_changes: Dict[str, str]) -> Dict[str, Any]:
+    """What was applied, as TensorFlow reports it (initialises the runtime): for the run record."""
+    tf.config.set_soft_device_placement(bool(topo.soft_device_placement))
     applied = {
         "name": topo.name,
         "plan": asdict(plan),
         "env": env_changes,
         "physical_gpus": len(tf.config.list_physical_devices("GPU")),
-        "logical_devices": [d.name for d in logical],
+        "logical_devices": [d.name for d in tf.config.list_logical_devices()],
         "soft_device_placement": bool(topo.soft_device_placement),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
     }
     log.info("topology %s applied: %s", topo.name, ", ".join(applied["logical_devices"]))
     return applied
+
+
+def apply_topology(topo: Any) -> Dict[str, Any]:
+    """Configure this process's devices (before TensorFlow initialises) and report what was applied."""
+    tf, plan, env_changes = configure_devices(topo)
+    return describe_devices(tf, topo, plan, env_changes)

@@ -35,10 +35,6 @@ class MultiWorkerMirroredStrategy(Strategy):
 
     name = "multi_worker_mirrored"
     needs_cluster = True
-    starts_runtime = True  # built before the topology's device listing initialises TensorFlow's runtime
-
-    PRE_RUNTIME = {"cpu_devices": 1, "virtual_gpus": 1, "gpu_memory_growth": False, "gpu_memory_limit_mb": None,
-                   "inter_op_threads": 0, "intra_op_threads": 0}
 
     def check(self, ctx: StrategyContext) -> None:
         if ctx.cfg.strategy.communication not in COMMUNICATION:
@@ -46,26 +42,8 @@ class MultiWorkerMirroredStrategy(Strategy):
         counts = _require_cluster(ctx, self.name, "cluster=workers_2 backend=processes")
         if counts.get("ps"):
             raise ConfigError("cluster.ps.count", counts["ps"], "multi_worker_mirrored has no parameter servers; set it to 0 or use strategy=parameter_server.")
-        self._check_topologies(ctx.cfg)
         if ctx.cfg.strategy.communication == "nccl" and not ctx.devices.logical_gpus:
             raise ConfigError("strategy.communication", "nccl", "NCCL collectives need a GPU in every worker; on CPUs use ring or auto.")
-
-    def _check_topologies(self, cfg: Any) -> None:
-        # TensorFlow accepts these settings only before its runtime starts, and this strategy must start
-        # the collective runtime first; the per-worker device is the whole CPU or each visible GPU.
-        from orchestrator.topology import plan_devices
-        from strategies.tf_config import ROLES, role_topology
-
-        for role in ("topology",) + tuple(r for r in ROLES if getattr(cfg.cluster, r).topology):
-            topo = cfg.topology if role == "topology" else role_topology(cfg, role)
-            gpus = plan_devices(topo).physical_gpus
-            for key, neutral in self.PRE_RUNTIME.items():
-                if getattr(topo, key) != neutral and (gpus or "gpu" not in key):
-                    where = "topology" if role == "topology" else f"cluster.{role}.topology"
-                    raise ConfigError(f"{where}.{key}", getattr(topo, key),
-                                      f"multi_worker_mirrored starts TensorFlow's collective runtime at program startup, after which this "
-                                      f"device setting can no longer apply; leave it at {neutral!r} (each worker uses its whole CPU or every GPU it sees; "
-                                      "select GPUs with topology.gpus).")
 
     def replicas(self, ctx: StrategyContext) -> int:
         counts = cluster_from_env() or role_counts(ctx.cfg.cluster)

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from orchestrator.deploy.base import DeployTarget
 from orchestrator.errors import ConfigError, TaskFailedError

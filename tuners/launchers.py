@@ -404,6 +404,12 @@ class RayLauncher(_BaseLauncher):
         self.stop_timeout_s = float(stop_timeout_s)
         self._remote: Any = None
 
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # Ray's GCS and raylet die with the thread that started them (PR_SET_PDEATHSIG), and the sweeper
+        # calls launch() from a worker thread per batch: connect here, on the caller's thread.
+        self._ray()
+
     def _ray(self) -> Any:
         import ray
 

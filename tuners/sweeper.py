@@ -139,13 +139,18 @@ def objective_from_files(job_dir: Path, tag: str) -> Optional[float]:
     from tuners.launchers import REPORTED_METRICS
 
     try:
-        values = read_tb_scalar(job_dir, tag)
+        values = read_tb_scalar(_tb_dir(job_dir), tag)
     except ValueError as exc:  # the bare tag is in several event directories
         raise ConfigError("study.metric.tag", tag, str(exc)) from None
     if values:
         return float(values[-1][1])
     reported = read_reported_metrics(job_dir / REPORTED_METRICS, tag)
     return float(reported[-1]["value"]) if reported else None
+
+
+def _tb_dir(job_dir: Path) -> Path:
+    # tfscale runs log to <run dir>/tensorboard/{train,validation}; tags are relative to it.
+    return job_dir / "tensorboard" if (job_dir / "tensorboard").is_dir() else job_dir
 
 
 def tags_found(metrics: Any, job_dir: Path) -> List[str]:
@@ -155,7 +160,7 @@ def tags_found(metrics: Any, job_dir: Path) -> List[str]:
 
     found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
     found = [k for k in found if not k.startswith("history.")]
-    found += list_tb_tags(job_dir) if job_dir.exists() else []
+    found += list_tb_tags(_tb_dir(job_dir)) if job_dir.exists() else []
     found += sorted({r.get("tag") for r in read_reported_metrics(job_dir / REPORTED_METRICS)} - {None})
     return found
 

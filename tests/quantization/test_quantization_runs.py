@@ -102,22 +102,29 @@ def test_a_builder_model_qat_cannot_wrap_fails_before_training(tfscale):
     assert not (run.run_dir / "epochs.jsonl").exists()  # no epoch was trained
 
 
-def test_inspect_shows_int8_io_quantization_and_runs_it(tfscale):
-    run = tfscale("quantization=int8", "quantization.int8_io=true", "trainer.epochs=3", "trainer.verbose=0", "trainer.tensorboard=false")
-    assert run.returncode == 0, run.output
-    path = "models/digits_mlp/0001.int8.tflite"
-    shown = tfscale("inspect", path)
+def test_inspect_shows_int8_io_quantization_and_runs_it(int8_run, tfscale):
+    # An int8-in/int8-out conversion of the int8 run's float model, made in process (no second training).
+    from orchestrator.data import load_splits
+    from orchestrator.quantization import calibration_batches, convert
+    from orchestrator.task import load_run_config
+
+    splits = load_splits(load_run_config(int8_run.run_dir).data)
+    content = convert(int8_run.cwd / "models" / "digits_mlp" / "0001", "int8", int8_io=True,
+                      calibration=calibration_batches(splits.x_train, 100, 1))
+    path = tfscale.cwd / "0001.int8.tflite"
+    path.write_bytes(content)
+
+    shown = tfscale("inspect", path.name)
     assert shown.returncode == 0, shown.output
     assert "input  features: dtype=int8 shape=[-1, 64] quantization: scale=" in shown.stdout
     assert "output probabilities: dtype=int8 shape=[-1, 10] quantization: scale=0.00390625 zero_point=-128" in shown.stdout
 
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    np.save(tfscale.cwd / "rows.npy", digits.data[:4].astype("float32"))
-    ran = tfscale("inspect", path, "--run", "--inputs", "features=rows.npy")
+    np.save(tfscale.cwd / "rows.npy", splits.x_test[:8])
+    ran = tfscale("inspect", path.name, "--run", "--inputs", "features=rows.npy")
     assert ran.returncode == 0, ran.output
-    assert "Result for output key classes" in ran.stdout
+    classes = ran.stdout.split("Result for output key classes:")[1].split("Result")[0]
+    predicted = np.array([int(v) for v in classes.replace("[", " ").replace("]", " ").split()])
+    assert np.mean(predicted == splits.y_test[:8]) >= 0.75
 
 
 @pytest.mark.parametrize("mode, max_ratio", [("float16", 0.52), ("dynamic", 0.30)])

@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -179,6 +179,7 @@ def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
     keras = import_keras()
     tfmot = _import_tfmot()
     qk = tfmot.quantization.keras
+    # Not re-exported by the toolkit's public API; the path is stable across the 0.7-0.8 releases tfscale pins.
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (
         Default8BitOutputQuantizeConfig,
     )
@@ -331,11 +332,10 @@ def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str,
 
 def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.ndarray, *, output_name: str,
             calibration: Optional[Sequence[np.ndarray]] = None, int8_io: bool = False, dense_per_channel: bool = False,
-            float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None) -> Dict[str, Any]:
+            float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None) -> Tuple[Dict[str, Any], bytes]:
     """Convert ``saved_model_dir`` with ``mode`` and measure it against the float model.
 
-    Returns the report recorded under ``quantization`` in metrics.json; the converted bytes are under
-    the private key ``_content``.
+    Returns the report recorded under ``quantization`` in metrics.json and the converted file's bytes.
     """
     baseline_bytes = float32_tflite or convert(saved_model_dir, "float32")
     content = convert(saved_model_dir, mode, calibration=calibration, int8_io=int8_io, dense_per_channel=dense_per_channel)
@@ -347,7 +347,7 @@ def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.nda
     base = evaluate_tflite(baseline_bytes, x_test, y_test, output_name=output_name)
     quant = evaluate_tflite(content, x_test, y_test, output_name=output_name)
     float_acc = float(np.mean(ref == y_test)) if len(y_test) else float("nan")
-    return {
+    report = {
         "mode": mode,
         "int8_io": bool(int8_io) if mode in CALIBRATED_MODES else None,
         "calibration_batches": len(calibration) if mode in CALIBRATED_MODES and calibration else None,
@@ -358,8 +358,8 @@ def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.nda
         "agreement": float(np.mean(quant.predictions == ref)) if len(ref) else float("nan"),
         "accuracy_drop": round(float_acc - quant.accuracy, 6),
         "latency_ratio": round(quant.latency_ms / base.latency_ms, 4) if base.latency_ms else None,
-        "_content": content,
     }
+    return report, content
 
 
 def format_table(report: Dict[str, Any]) -> str:
@@ -367,8 +367,7 @@ def format_table(report: Dict[str, Any]) -> str:
     rows = [("float32", report["float"], 1.0, 1.0), (report["mode"], report["quantized"], report["size_ratio"], report["agreement"])]
     lines = [f"{'model':<10}{'size KB':>10}{'ratio':>8}{'accuracy':>10}{'agreement':>11}{'latency ms':>12}"]
     for name, r, ratio, agree in rows:
-        acc = r["accuracy"] if name != "float32" else report["float"]["accuracy"]
-        lines.append(f"{name:<10}{r['tflite_bytes'] / 1024:>10.1f}{ratio:>8.3f}{acc:>10.4f}{agree:>11.4f}{r['latency_ms']:>12.4f}")
+        lines.append(f"{name:<10}{r['tflite_bytes'] / 1024:>10.1f}{ratio:>8.3f}{r['accuracy']:>10.4f}{agree:>11.4f}{r['latency_ms']:>12.4f}")
     gate = report.get("max_accuracy_drop")
     lines.append(f"accuracy drop {report['accuracy_drop'] * 100:+.2f} points" + (f" (gate: at most {gate * 100:.2f})" if gate is not None else ""))
     return "\n".join(lines)
@@ -438,9 +437,8 @@ def convert_and_gate(cfg: Any, model: Any, splits: Any, run_dir: Path) -> Option
     if calib is not None and len(calib) < q.calibration_batches:
         log.warning("the training split holds %d rows: calibrating on %d batches instead of quantization.calibration_batches=%d",
                     len(splits.x_train), len(calib), q.calibration_batches)
-    report = compare(staging, q.mode, splits.x_test, splits.y_test, output_name=cfg.export.output_name,
+    report, content = compare(staging, q.mode, splits.x_test, splits.y_test, output_name=cfg.export.output_name,
                      calibration=calib, int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel), keep_dir=work)
-    content = report.pop("_content")
     report["max_accuracy_drop"] = q.max_accuracy_drop
     report["file"] = None
     shutil.rmtree(staging, ignore_errors=True)

@@ -136,7 +136,7 @@ def test_weight_only_modes_on_the_same_trained_model(int8_run, tmp_path, mode, m
 
     cfg = load_run_config(int8_run.run_dir)
     splits = load_splits(cfg.data)
-    report = compare(int8_run.cwd / "models" / "digits_mlp" / "0001", mode, splits.x_test, splits.y_test,
+    report, _ = compare(int8_run.cwd / "models" / "digits_mlp" / "0001", mode, splits.x_test, splits.y_test,
                      output_name="probabilities", keep_dir=tmp_path)
     ratio = (tmp_path / f"{mode}.tflite").stat().st_size / (tmp_path / "float32.tflite").stat().st_size
     assert ratio <= max_ratio and report["size_ratio"] == pytest.approx(ratio, abs=1e-3)

@@ -68,7 +68,7 @@ class ServingConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     allow_nonfinite: bool = False  # accept NaN / Inf in float inputs
     max_body_bytes: int = 16 * 1024 * 1024  # larger REST bodies get 413
-    grpc_max_workers: int = 16
+    grpc_max_workers: int = 4  # Python threads share one interpreter lock: few workers serve more on few cores
     warmup: bool = True  # one call on each new version before it takes traffic
     ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
     log_level: str = "INFO"

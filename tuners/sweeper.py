@@ -219,6 +219,11 @@ class StudySweeper(Sweeper):
         except TfscaleError as exc:
             print(f"tfscale: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Running trials are stopped by the launchers' exit handlers and stay ACTIVE in the store.
+            print("[study] interrupted: running trials were stopped; run the same command again to resume.",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(exc.code if isinstance(exc, SystemExit) else 130) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -245,15 +250,18 @@ class StudySweeper(Sweeper):
             hydra_context=self.hydra_context, task_function=self._task_function, config=self.config)
         returns: List[Sequence[JobReturn]] = []
         self._tag_seen = any(t.objective is not None for t in study.trials)
-        while not study.is_done:
-            trials = study.suggest()
-            if not trials:
-                break
-            trials = self._drop_invalid(study, base, trials)
-            for run in _contiguous(sorted(trials, key=lambda t: t.id)):
-                returns.append(self._run_batch(study, base, run))
-                print(progress_line(study), flush=True)
-            # Cheap tables after every batch, so a killed study still leaves up-to-date results.
+        try:
+            while not study.is_done:
+                trials = study.suggest()
+                if not trials:
+                    break
+                trials = self._drop_invalid(study, base, trials)
+                for run in _contiguous(sorted(trials, key=lambda t: t.id)):
+                    returns.append(self._run_batch(study, base, run))
+                    print(progress_line(study), flush=True)
+                # Cheap tables after every batch, so a killed study still leaves up-to-date results.
+                write_results(study, sweep_dir, plots=False, tensorboard=False)
+        finally:
             write_results(study, sweep_dir, plots=False, tensorboard=False)
         paths = write_results(study, sweep_dir, plots=self.plots)
         best = study.best_trial
@@ -313,6 +321,7 @@ class StudySweeper(Sweeper):
         return prepare_job(self.hydra_context, self.config, overrides, trial_id).dir
 
     def _run_batch(self, study: Any, base: List[str], trials: List[Any]) -> Sequence[JobReturn]:
+        from tuners import TunerError
         from tuners.launchers import STOP_FILE
 
         overrides = [base + t.overrides() for t in trials]
@@ -336,9 +345,16 @@ class StudySweeper(Sweeper):
         if batch.error is not None:
             raise batch.error
         returns = list(batch.returns or [])
+        first_error: Optional[Exception] = None
         for trial, ret in zip(trials, returns):
-            self._measure(study, trial.id, dirs[trial.id], seen[trial.id], final=True)
-            self._record(study, trial, ret, dirs[trial.id], trial.id in stopped)
+            # Record every trial of the batch before reporting a study-level error, so none is re-run.
+            try:
+                self._measure(study, trial.id, dirs[trial.id], seen[trial.id], final=True)
+                self._record(study, trial, ret, dirs[trial.id], trial.id in stopped)
+            except (TfscaleError, TunerError) as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
         return returns
 
     def _measure(self, study: Any, trial_id: int, job_dir: Path, seen: set, final: bool = False) -> bool:
@@ -370,15 +386,15 @@ class StudySweeper(Sweeper):
         tag = study.spec.metric.tag
         log_path = str(job_dir / "trial.log") if (job_dir / "trial.log").exists() else str(job_dir)
         if stopped:
+            study.trial(trial.id).log_path = log_path
             study.stop(trial.id)
             return
         if ret.status is not JobStatus.COMPLETED:
-            error = ret._return_value  # JobReturn.return_value would re-raise it
-            try:
-                study.fail(trial.id, str(error), log_path=log_path)
-            finally:
-                print(f"[study] trial {trial.id} failed: {str(error).splitlines()[0]} (log: {log_path})",
-                      flush=True)
+            error = str(ret._return_value)  # JobReturn.return_value would re-raise it
+            lines = [line for line in error.splitlines() if line.strip()]
+            cause = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+            print(f"[study] trial {trial.id} failed: {cause.strip()} (log: {log_path})", flush=True)
+            study.fail(trial.id, error, log_path=log_path)
             return
         metrics = ret.return_value
         objective = objective_from_metrics(metrics, tag)

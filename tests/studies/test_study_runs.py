@@ -54,7 +54,7 @@ def _assert_results(sweep_dir: Path, n: int, columns: tuple) -> list:
 
 @pytest.mark.slow
 def test_study_on_processes_survives_a_killed_driver(tmp_path):
-    args = ["-m", "study=digits_lr_units", *CHEAP]
+    args = ["-m", "study=digits_lr_units", *CHEAP, "trainer.tensorboard=false"]
     sweep_dir = tmp_path / "runs" / "studies" / "digits_lr_units"
     with open(tmp_path / "driver.log", "w") as out:
         driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=out,
@@ -119,3 +119,19 @@ def test_a_metric_no_trial_reports_stops_the_study_after_the_first_trial(tmp_pat
     assert "Traceback" not in result.stderr
     sweep_dir = tmp_path / "runs" / "studies" / "digits_lr_units"
     assert [p.name for p in sweep_dir.glob("trial_*")] == ["trial_0"]
+
+
+@pytest.mark.slow
+def test_failed_trials_past_the_budget_stop_the_study(tmp_path):
+    # mnist needs a download: on this offline machine every trial fails at run time, after validation.
+    result = run_tfscale(["-m", "study=digits_lr_units", "data=mnist", "data.cache_dir=/nonexistent",
+                          "study.max_failed_trials=1", "study.max_trials=4", *CHEAP[:-1], "trainer.tensorboard=false"],
+                         tmp_path, timeout=600)
+    assert result.returncode != 0
+    assert "more than max_failed_trials=1" in result.stderr and "raise max_failed_trials" in result.stderr
+    assert "trial_0/trial.log" in result.stderr and "mnist" in result.stderr
+    sweep_dir = tmp_path / "runs" / "studies" / "digits_lr_units"
+    rows = _rows(sweep_dir)
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
+    assert all(r["log_path"].endswith("trial.log") and r["error"] for r in rows)
+    assert not (sweep_dir / "trial_2").exists()

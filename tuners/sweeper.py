@@ -208,10 +208,13 @@ class StudySweeper(Sweeper):
             else None
         try:
             return self._sweep(list(arguments))
-        except (StudySpecError, StudyStoreError) as exc:
-            where = self.config.get("study", {}).get("name", "") if self.config is not None else ""
+        except StudySpecError as exc:
+            where = (self.config.get("study") or {}).get("name", "") if self.config is not None else ""
             print(f"tfscale: error: invalid study {where!r} (the study: node; override a field with "
                   f"study.<field>=...): {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except StudyStoreError as exc:
+            print(f"tfscale: error: study store: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except StudyFailedError as exc:
             print(f"tfscale: error: study stopped: {exc}", file=sys.stderr)
@@ -261,8 +264,9 @@ class StudySweeper(Sweeper):
                     print(progress_line(study), flush=True)
                 # Cheap tables after every batch, so a killed study still leaves up-to-date results.
                 write_results(study, sweep_dir, plots=False, tensorboard=False)
-        finally:
+        except BaseException:
             write_results(study, sweep_dir, plots=False, tensorboard=False)
+            raise
         paths = write_results(study, sweep_dir, plots=self.plots)
         best = study.best_trial
         if best is not None:

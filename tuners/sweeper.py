@@ -33,7 +33,6 @@ import math
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 

@@ -179,10 +179,8 @@ def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
     keras = import_keras()
     tfmot = _import_tfmot()
     qk = tfmot.quantization.keras
-    # Not re-exported by the toolkit's public API; the path is stable across the 0.7-0.8 releases tfscale pins.
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (
-        Default8BitOutputQuantizeConfig,
-    )
+    custom_objects = _qat_custom_objects()
+    Default8BitOutputQuantizeConfig = custom_objects["Default8BitOutputQuantizeConfig"]
 
     def annotate(layer):
         if isinstance(layer, keras.layers.InputLayer):
@@ -194,7 +192,7 @@ def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
 
     try:
         annotated = keras.models.clone_model(model, clone_function=annotate)
-        with qk.quantize_scope({"Default8BitOutputQuantizeConfig": Default8BitOutputQuantizeConfig}):
+        with qk.quantize_scope(custom_objects):
             wrapped = qk.quantize_apply(annotated)
     except (RuntimeError, ValueError, TypeError) as exc:
         key = "model.builder" if cfg.model.builder else "model.layers"
@@ -206,6 +204,34 @@ def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
                     steps_per_execution=int(cfg.strategy.steps_per_execution))
     log.info("quantization-aware training: %d layers wrapped", len(wrapped.layers))
     return wrapped
+
+
+def _qat_custom_objects() -> Dict[str, Any]:
+    # Not re-exported by the toolkit's public API; the path is stable across the 0.7-0.8 releases tfscale pins.
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_configs import (
+        Default8BitOutputQuantizeConfig,
+    )
+
+    return {"Default8BitOutputQuantizeConfig": Default8BitOutputQuantizeConfig}
+
+
+def local_copy(model: Any, mode: str) -> Any:
+    """The trained model with plain single-process variables (same architecture, same weights).
+
+    Saving a model trained under MultiWorkerMirroredStrategy is a collective operation every worker must
+    join, and the other workers join only the export of the version. The staging SavedModel the chief
+    converts before publishing is therefore saved from this copy.
+    """
+    from orchestrator.tf_env import import_keras
+
+    keras = import_keras()
+    if mode == "qat":
+        with _import_tfmot().quantization.keras.quantize_scope(_qat_custom_objects()):
+            copy = keras.models.clone_model(model)
+    else:
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -431,7 +457,7 @@ def convert_and_gate(cfg: Any, model: Any, splits: Any, run_dir: Path) -> Option
     tf = import_tensorflow()
     work = Path(run_dir) / "quantization"
     staging = work / "saved_model"
-    save_model(tf, model, staging, splits.input_shape, cfg.export.input_name, cfg.export.output_name)
+    save_model(tf, local_copy(model, q.mode), staging, splits.input_shape, cfg.export.input_name, cfg.export.output_name)
     calib = calibration_batches(splits.x_train, int(q.calibration_batches), int(q.calibration_batch_size),
                                 seed=int(cfg.trainer.seed)) if q.mode in CALIBRATED_MODES else None
     if calib is not None and len(calib) < q.calibration_batches:

@@ -144,3 +144,12 @@ def test_weight_only_modes_on_the_same_trained_model(int8_run, tmp_path, mode, m
     assert report["float"]["accuracy"] - report["quantized"]["accuracy"] <= HALF_POINT
     if mode == "float16":
         assert np.float16 in {d["dtype"] for d in _interpreter(tmp_path / "float16.tflite").get_tensor_details()}
+
+
+def test_multi_worker_run_converts_on_the_chief(tfscale):
+    # Only the chief converts; its extra staging save must not wait for workers that never join it.
+    run = tfscale("backend=processes", "cluster=workers_2", "strategy=multi_worker_mirrored", "quantization=int8",
+                  "trainer.epochs=1", "trainer.verbose=0", "trainer.tensorboard=false", timeout=240)
+    assert run.returncode == 0, run.output
+    assert sorted(p.name for p in (tfscale.cwd / "models" / "digits_mlp").iterdir()) == ["0001", "0001.int8.tflite"]
+    assert run.metrics["quantization"]["size_ratio"] <= 0.28

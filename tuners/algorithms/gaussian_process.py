@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Hyperparameters", "Posterior", "expected_improvement", "fit_hyperparameters",
-           "log_marginal_likelihood", "pairwise_sq_diff"]
+           "log_marginal_likelihood", "log_prior",
+           "pairwise_sq_diff"]
 
 _SQRT5 = math.sqrt(5.0)
 # scikit-learn's default ``alpha``: added to the diagonal on top of the fitted noise.
@@ -130,6 +131,15 @@ _LENGTH_SCALE_PRIOR = (math.log(0.5), 1.5)
 _AMPLITUDE_PRIOR_SD = 1.5
 
 
+def log_prior(theta: np.ndarray) -> tuple[float, np.ndarray]:
+    """Log density (up to a constant) of the priors at ``theta`` and its gradient; the noise is unpenalised."""
+    dim = len(theta) - 2
+    mean = np.concatenate([[0.0], np.full(dim, _LENGTH_SCALE_PRIOR[0]), [0.0]])
+    precision = np.concatenate([[_AMPLITUDE_PRIOR_SD ** -2], np.full(dim, _LENGTH_SCALE_PRIOR[1] ** -2), [0.0]])
+    offset = np.asarray(theta, dtype=float) - mean
+    return -0.5 * float(precision @ (offset * offset)), -precision * offset
+
+
 def fit_hyperparameters(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *,
                         initial: Hyperparameters | None = None, restarts: int = 2,
                         max_iterations: int = 200) -> Hyperparameters:
@@ -156,16 +166,12 @@ def fit_hyperparameters(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, 
 
     sq_diff = pairwise_sq_diff(x)
 
-    prior_mean = np.concatenate([[0.0], np.full(dim, _LENGTH_SCALE_PRIOR[0]), [0.0]])
-    prior_precision = np.concatenate([[1.0 / _AMPLITUDE_PRIOR_SD ** 2],
-                                      np.full(dim, 1.0 / _LENGTH_SCALE_PRIOR[1] ** 2), [0.0]])
-
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         lml, grad = log_marginal_likelihood(theta, x, y_n, sq_diff=sq_diff)
         if not math.isfinite(lml):
             return 1e25, np.zeros_like(theta)
-        offset = theta - prior_mean
-        return -lml + 0.5 * float(prior_precision @ (offset * offset)), -grad + prior_precision * offset
+        prior, prior_grad = log_prior(theta)
+        return -(lml + prior), -(grad + prior_grad)
 
     best_theta, best_value = starts[0], math.inf
     for theta0 in starts:

@@ -197,6 +197,58 @@ def _dispatch(name: str, argv: List[str]) -> int:
     return int(getattr(importlib.import_module(module), fn)(argv) or 0)
 
 
+def run_single(overrides: List[str], config_dir: Optional[str] = None, config_name: str = "config") -> None:
+    """Compose once, validate, and run one job the way ``hydra.main`` runs it.
+
+    ``hydra.main`` composes a single run twice (once to find the run mode, once to run); composing here once,
+    with tfscale's error messages, keeps the fixed cost of a run small and errors readable.
+    """
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    from orchestrator.schema import register_configs
+    from orchestrator.validation import validate
+
+    register_configs()
+    search_path = create_automatic_config_search_path(None, None, str(CONF_DIR))
+    if config_dir:
+        path = Path(config_dir).resolve()
+        if not path.is_dir():
+            raise ConfigError("--config-dir", config_dir, f"No such directory ({path}); give a directory of config groups.")
+        from hydra.core.config_search_path import SearchPathQuery
+
+        search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name="tfscale", config_search_path=search_path)
+    try:
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            if any(o.is_sweep_override() for o in parsed):
+                raise ConfigError("overrides", list(overrides), "Comma lists and sweeps run several jobs: add -m (tfscale -m ...).")
+            cfg = hydra.compose_config(config_name=config_name, overrides=list(overrides), run_mode=RunMode.RUN,
+                                       with_log_configuration=True)
+        except ConfigError:
+            raise
+        except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
+            raise translate_compose_error(exc, overrides) from exc
+        validate(cfg)
+        if cfg.hydra.mode is None:
+            cfg.hydra.mode = RunMode.RUN
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name=config_name)
+        ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+                      task_function=hydra_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+        callbacks.on_run_end(config=cfg, config_name=config_name, job_return=ret)
+        _ = ret.return_value  # re-raises what the task raised
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point of ``tfscale``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -206,7 +258,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         except TfscaleError as exc:
             print(f"tfscale {argv[0]}: error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
+    overrides, flags = split_args(argv)
     try:
+        if not set(flags) - {"-cd", "--config-dir", "-cn", "--config-name"}:
+            run_single(overrides, flags.get("-cd") or flags.get("--config-dir"),
+                       flags.get("-cn") or flags.get("--config-name") or "config")
+            return
         preflight(argv)
     except TfscaleError as exc:
         print(f"tfscale: error: {exc}", file=sys.stderr)
@@ -219,7 +276,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     register_configs()
     sys.argv = [sys.argv[0] or "tfscale", *argv]
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
-
 
 if __name__ == "__main__":
     main()

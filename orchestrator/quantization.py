@@ -128,6 +128,10 @@ def check(cfg: Any) -> None:
                           "e.g. 0.005 for half a point, or null for no gate.")
     if q.mode == "none":
         return
+    if cfg.data.test_split <= 0 and cfg.data.name not in _OWN_TEST_SET:
+        raise ConfigError("data.test_split", cfg.data.test_split,
+                          f"quantization={q.mode} measures the converted model against the float one on the test split: "
+                          "keep one, e.g. data.test_split=0.2, or use quantization=none.")
     if q.mode in CALIBRATED_MODES:
         if q.calibration_batches < 1:
             raise ConfigError("quantization.calibration_batches", q.calibration_batches,

@@ -108,3 +108,10 @@ def test_validation_imports_no_tensorflow():
 
 def test_file_is_named_after_the_version_and_mode(tmp_path):
     assert tflite_path(tmp_path / "models" / "digits_mlp" / "0007", "int8") == tmp_path / "models" / "digits_mlp" / "0007.int8.tflite"
+
+
+def test_conversion_needs_a_test_split():
+    with pytest.raises(ConfigError) as err:
+        _check("quantization=float16", "data.test_split=0")
+    assert err.value.key == "data.test_split"
+    _check("quantization=none", "data.test_split=0")

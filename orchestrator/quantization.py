@@ -10,7 +10,12 @@ Modes (``quantization.mode``):
   from the experiment's own training split; ``quantization.int8_io`` makes the input and output tensors
   int8 too (otherwise they stay float and the model quantizes at its edges).
 - ``qat`` — quantization-aware training: the tf_keras model is wrapped with the model optimization
-  toolkit before it is compiled and trained, then converted to full int8 like ``int8``.
+  toolkit before it is compiled and trained, then converted to full int8 like ``int8``. The wrapping is
+  what ``quantize_model`` does (annotate every layer, ``quantize_apply``), except that the Rescaling
+  layer tfscale puts first, which the toolkit's registry lacks, gets an output quantizer.
+
+Dense kernels are quantized per tensor unless ``quantization.dense_per_channel``: per-channel
+parameters would make a small MLP's int8 file a sixth larger.
 
 Every converted model runs in the LiteRT interpreter (one thread) on the test split next to a float32
 TFLite conversion of the same SavedModel, which is the size and latency baseline; the accuracy baseline

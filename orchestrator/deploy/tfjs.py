@@ -4,10 +4,11 @@ The conversion runs the external ``tensorflowjs_converter`` named by ``deploy.tf
 tensorflowjs 4.22 pins TensorFlow 2.19 (through tensorflow-decision-forests), so it cannot share
 tfscale's environment and is installed in a virtualenv of its own::
 
-    python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs
+    python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs 'ydf<0.13'
     tfscale deploy=tfjs deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter
 
-(On the command line the shell expands ``$HOME``; Hydra's override grammar rejects an unquoted ``~``.
+(``ydf<0.13``: newer ydf releases are built against protobuf 6, which TensorFlow 2.19 does not allow, and
+the converter then fails at import. On the command line the shell expands ``$HOME``; Hydra's override grammar rejects an unquoted ``~``.
 In a YAML file ``~/.venvs/...`` works: the path is expanded here.)
 
 Output: ``<deploy.tfjs.output_base>/<export.model_name>/<NNNN>/`` (``model.json`` and weight shards),
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 QUANTIZE = ("none", "float16", "uint8", "uint16")
 INSTALL_HINT = ("tensorflowjs pins its own TensorFlow, so install it in a separate environment: "
-                "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs`, then pass "
+                "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs 'ydf<0.13'`, then pass "
                 "deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter (or put that path in your config).")
 
 

@@ -62,7 +62,7 @@ def test_missing_converter_says_how_to_install_it(tmp_path):
     run = run_tfscale(tmp_path, "deploy=tfjs", "deploy.tfjs.converter=/nonexistent/tensorflowjs_converter")
     assert run.returncode == 2
     assert "'deploy.tfjs.converter' = '/nonexistent/tensorflowjs_converter'" in run.stderr
-    assert "python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs" in run.stderr
+    assert "python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs 'ydf<0.13'" in run.stderr
     assert "deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter" in run.stderr
     assert not (tmp_path / "runs").exists()  # rejected before the run started
 

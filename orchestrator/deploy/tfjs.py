@@ -7,9 +7,9 @@ tfscale's environment and is installed in a virtualenv of its own::
     python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs 'ydf<0.13'
     tfscale deploy=tfjs deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter
 
-(``ydf<0.13``: newer ydf releases are built against protobuf 6, which TensorFlow 2.19 does not allow, and
-the converter then fails at import. On the command line the shell expands ``$HOME``; Hydra's override grammar rejects an unquoted ``~``.
-In a YAML file ``~/.venvs/...`` works: the path is expanded here.)
+``ydf<0.13``: newer ydf releases are built against protobuf 6, which TensorFlow 2.19 does not allow,
+and the converter then fails at import. On the command line the shell expands ``$HOME``; Hydra's
+override grammar rejects an unquoted ``~``. In a YAML file ``~/.venvs/...`` works: it is expanded here.
 
 Output: ``<deploy.tfjs.output_base>/<export.model_name>/<NNNN>/`` (``model.json`` and weight shards),
 numbered like the SavedModel version it was converted from. It is written into a hidden temporary

@@ -1,23 +1,28 @@
 """Benchmark tfscale's default tuner (GP bandit) against RANDOM_SEARCH and Optuna TPE.
 
-Problems (minimised): Branin on [-5, 10] x [0, 15] (optimum 0.397887, target: within 0.01) and Hartmann6 on
+Functions (minimised): Branin on [-5, 10] x [0, 15] (optimum 0.397887, target: within 0.01) and Hartmann6 on
 [0, 1]^6 (optimum -3.32237, target: within 0.05). Each algorithm runs sequentially (one trial at a time) for
-``--budget`` trials per problem and ``--seeds`` seeds.
+a budget of N trials per function (``--budget``; default 60 for Branin, 100 for Hartmann6) and ``--seeds``
+seeds.
 
 Columns:
 
 * ``to target`` -- median over seeds of the number of trials until the best value is within the target
-  (``>N`` when fewer than half of the seeds reached it).
+  (``>N`` when fewer than half of the seeds reached it); ``hit`` -- seeds that reached it.
 * ``regret@N`` -- median simple regret (best found minus optimum) after N trials.
 * ``log-eff`` -- log-efficiency versus random search, after Vizier's benchmarks: with ``v`` the best value an
   algorithm found in N trials and ``R(v)`` the number of trials random search (a separate long run of
   ``--random-factor * N`` trials, same seed) needs to reach ``v``, ``log-eff = ln(R(v) / N)``, median over
   seeds. 0 means as efficient as random; 1 means random needs e ~ 2.7 times more trials. When random never
   reaches ``v`` R is capped at its run length, so the value is a lower bound (marked ``>=``).
-* ``s/suggest`` -- mean seconds per suggestion over the run; ``s@100`` -- seconds for one suggestion after
-  100 completed trials (Hartmann6).
+* ``s/suggest`` -- mean seconds per suggestion over the run; ``s@100`` -- median over 3 seeds of the
+  seconds for one suggestion from a fresh designer told 100 completed Hartmann6 trials.
 
-Run: ``python benchmarks/tuners.py [--seeds 10] [--budget-branin 60] [--budget-hartmann 100]``.
+The goals of the default algorithm are checked below the table: Branin to target in <= 35 trials (median),
+log-efficiency >= 0.5 on every function, trials to target <= TPE's on every function, s@100 <= 0.5.
+
+Run: ``python benchmarks/tuners.py [--seeds 10] [--budget N] [--functions branin,hartmann6]``; a quick look:
+``--seeds 2 --budget 30 --functions branin``.
 """
 
 from __future__ import annotations
@@ -54,24 +59,30 @@ def hartmann6(p: dict) -> float:
     return float(-np.sum(_ALPHA * np.exp(-np.sum(_A * (x - _P) ** 2, axis=1))))
 
 
-PROBLEMS = {
-    "branin": (branin, [("x1", -5.0, 10.0), ("x2", 0.0, 15.0)], 0.397887, 0.01),
-    "hartmann6": (hartmann6, [(f"x{i}", 0.0, 1.0) for i in range(6)], -3.32237, 0.05),
+#: name -> (function, bounds, optimum, tolerance of the target, default budget)
+FUNCTIONS = {
+    "branin": (branin, [("x1", -5.0, 10.0), ("x2", 0.0, 15.0)], 0.397887, 0.01, 60),
+    "hartmann6": (hartmann6, [(f"x{i}", 0.0, 1.0) for i in range(6)], -3.32237, 0.05, 100),
 }
-ALGORITHMS = {"gp (default)": Algorithm.ALGORITHM_UNSPECIFIED, "random": Algorithm.RANDOM_SEARCH,
-              "tpe (optuna)": Algorithm.TPE}
+DEFAULT = "gp (default)"
+TPE = "tpe (optuna)"
+ALGORITHMS = {DEFAULT: Algorithm.ALGORITHM_UNSPECIFIED, "random": Algorithm.RANDOM_SEARCH,
+              TPE: Algorithm.TPE}
+GOAL_BRANIN_TRIALS = 35
+GOAL_LOG_EFF = 0.5
+GOAL_SECONDS_AT_100 = 0.5
 
 
-def make_spec(problem: str, algorithm: Algorithm, budget: int) -> StudySpec:
-    _, bounds, _, _ = PROBLEMS[problem]
+def make_spec(function: str, algorithm: Algorithm, budget: int) -> StudySpec:
+    bounds = FUNCTIONS[function][1]
     params = tuple(ParameterSpec(n, "DOUBLE", lo, hi, config_key=n) for n, lo, hi in bounds)
     return StudySpec(MetricSpec("f", "MINIMIZE"), params, max_trials=budget, algorithm=algorithm)
 
 
-def run(problem: str, algorithm: Algorithm, budget: int, seed: int) -> tuple[list[float], float]:
+def run(function: str, algorithm: Algorithm, budget: int, seed: int) -> tuple[list[float], float]:
     """Best-so-far curve and mean seconds per suggestion."""
-    f = PROBLEMS[problem][0]
-    designer = make_designer(make_spec(problem, algorithm, budget), seed)
+    f = FUNCTIONS[function][0]
+    designer = make_designer(make_spec(function, algorithm, budget), seed)
     best, curve, spent = math.inf, [], 0.0
     for i in range(budget):
         start = time.perf_counter()
@@ -84,14 +95,15 @@ def run(problem: str, algorithm: Algorithm, budget: int, seed: int) -> tuple[lis
     return curve, spent / budget
 
 
-def seconds_at_100(algorithm: Algorithm) -> float:
+def seconds_at_100(algorithm: Algorithm, seed: int) -> float:
+    """Seconds for one suggestion from a fresh designer told 100 random Hartmann6 trials."""
     spec = make_spec("hartmann6", algorithm, 200)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     trials = []
     for i in range(100):
         values = {f"x{j}": float(v) for j, v in enumerate(rng.random(6))}
         trials.append(Trial(i, values, TrialStatus.COMPLETED, objective=hartmann6(values)))
-    designer = make_designer(spec, 0)
+    designer = make_designer(spec, seed)
     designer.update(trials, [])
     start = time.perf_counter()
     designer.suggest(1)
@@ -105,25 +117,39 @@ def first_reaching(curve: list[float], value: float) -> int | None:
     return None
 
 
+def _verdict(ok: bool | None) -> str:
+    return {True: "HOLDS", False: "FAILS", None: "UNDECIDED"}[ok]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--budget-branin", type=int, default=60)
-    parser.add_argument("--budget-hartmann", type=int, default=100)
-    parser.add_argument("--random-factor", type=int, default=20)
-    parser.add_argument("--problems", default="branin,hartmann6")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="trials per run for every function (default: 60 Branin, 100 Hartmann6)")
+    parser.add_argument("--functions", default="branin,hartmann6",
+                        help=f"comma-separated, from {sorted(FUNCTIONS)}")
+    parser.add_argument("--random-factor", type=int, default=20,
+                        help="length of the random reference run, in budgets (default 20)")
     args = parser.parse_args()
-    budgets = {"branin": args.budget_branin, "hartmann6": args.budget_hartmann}
-    rows = []
-    for problem in args.problems.split(","):
-        _, _, optimum, tol = PROBLEMS[problem]
-        budget = budgets[problem]
-        long_random = {s: run(problem, Algorithm.RANDOM_SEARCH, budget * args.random_factor, s)[0]
+    functions = [f.strip() for f in args.functions.split(",") if f.strip()]
+    unknown = sorted(set(functions) - set(FUNCTIONS))
+    if unknown:
+        parser.error(f"unknown functions {unknown}; choose from {sorted(FUNCTIONS)}.")
+    if args.seeds < 1 or (args.budget is not None and args.budget < 1):
+        parser.error(f"--seeds and --budget must be >= 1, but got seeds={args.seeds}, budget={args.budget}.")
+
+    rows, hits_by = [], {}
+    effs_by: dict[str, tuple[float, bool]] = {}
+    budgets = {f: args.budget or FUNCTIONS[f][4] for f in functions}
+    for function in functions:
+        _, _, optimum, tol, _ = FUNCTIONS[function]
+        budget = budgets[function]
+        long_random = {s: run(function, Algorithm.RANDOM_SEARCH, budget * args.random_factor, s)[0]
                        for s in range(args.seeds)}
         for name, algorithm in ALGORITHMS.items():
             hits, regrets, effs, secs, capped = [], [], [], [], False
             for seed in range(args.seeds):
-                curve, sec = run(problem, algorithm, budget, seed)
+                curve, sec = run(function, algorithm, budget, seed)
                 hit = first_reaching(curve, optimum + tol)
                 hits.append(hit if hit is not None else math.inf)
                 regrets.append(curve[-1] - optimum)
@@ -132,20 +158,41 @@ def main() -> None:
                     needed, capped = len(long_random[seed]), True
                 effs.append(math.log(needed / budget))
                 secs.append(sec)
-                print(f"  {problem} {name} seed {seed}: to target {hit}, regret {curve[-1] - optimum:.4g}",
-                      file=sys.stderr, flush=True)
+                print(f"  {function} {name} seed {seed}: to target {hit}, regret {curve[-1] - optimum:.4g}, "
+                      f"{sec:.3f} s/suggest", file=sys.stderr, flush=True)
             median_hits = statistics.median(hits)
-            rows.append((problem, name, f">{budget}" if math.isinf(median_hits) else f"{median_hits:g}",
+            hits_by[function, name] = median_hits
+            effs_by[function, name] = (statistics.median(effs), capped)
+            rows.append([function, name, f">{budget}" if math.isinf(median_hits) else f"{median_hits:g}",
+                         f"{sum(not math.isinf(h) for h in hits)}/{args.seeds}",
                          f"{statistics.median(regrets):.3g}",
-                         ("≥" if capped else "") + f"{statistics.median(effs):.2f}",
-                         f"{statistics.mean(secs):.3f}"))
-    at100 = {name: seconds_at_100(a) for name, a in ALGORITHMS.items()}
-    header = ("problem", "algorithm", "to target", "regret@N", "log-eff", "s/suggest", "s@100")
-    table = [header] + [r + (f"{at100[r[1]]:.3f}",) for r in rows]
+                         (">=" if capped else "") + f"{statistics.median(effs):.2f}",
+                         f"{statistics.mean(secs):.3f}"])
+    at100 = {name: statistics.median(seconds_at_100(a, s) for s in range(3)) for name, a in ALGORITHMS.items()}
+    header = ["function", "algorithm", "to target", "hit", "regret@N", "log-eff", "s/suggest", "s@100"]
+    table = [header] + [r + [f"{at100[r[1]]:.3f}"] for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    print(f"seeds={args.seeds} budgets={budgets}")
+    print(f"seeds={args.seeds} budgets={budgets} random reference={args.random_factor}x budget")
     for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+    print("\ngoals of the default algorithm:")
+    if "branin" in functions:
+        h = hits_by["branin", DEFAULT]
+        print(f"  Branin within 0.01 in <= {GOAL_BRANIN_TRIALS} trials (median): "
+              f"{'>' + str(budgets['branin']) if math.isinf(h) else f'{h:g}'} -> "
+              f"{_verdict(h <= GOAL_BRANIN_TRIALS)}")
+    for function in functions:
+        eff, _ = effs_by[function, DEFAULT]
+        print(f"  {function}: log-efficiency vs random >= {GOAL_LOG_EFF}: {eff:.2f} -> "
+              f"{_verdict(eff >= GOAL_LOG_EFF)}")
+    for function in functions:
+        gp, tpe = hits_by[function, DEFAULT], hits_by[function, TPE]
+        # Neither reaching the target within the budget says nothing about which would get there first.
+        ok = None if math.isinf(gp) and math.isinf(tpe) else gp <= tpe
+        print(f"  {function}: trials to target <= TPE's: {gp:g} vs {tpe:g} -> {_verdict(ok)}")
+    print(f"  seconds per suggestion at 100 trials <= {GOAL_SECONDS_AT_100}: {at100[DEFAULT]:.3f} -> "
+          f"{_verdict(at100[DEFAULT] <= GOAL_SECONDS_AT_100)}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class TestGrid(BasicDesignerTestCase):
 
 class TestGaussianProcessBandit(BasicDesignerTestCase):
     def make(self, spec, seed):
-        return GaussianProcessBandit(spec, seed, num_candidates=300, num_refine=1)
+        return GaussianProcessBandit(spec, seed, num_candidates=200, num_refine=1, fit_restarts=0)
 
 
 class TestTPE(BasicDesignerTestCase):
@@ -77,7 +77,10 @@ def test_grid_covers_every_categorical_value_and_both_bounds():
 def test_gp_bandit_beats_random_on_a_smooth_objective():
     spec = StudySpec.from_dict(MIXED)
     best = lambda trials: max(t.objective for t in trials if t.objective is not None)  # noqa: E731
-    gp = best(run(GaussianProcessBandit(spec, 0, num_candidates=500), 20))
-    rnd = best(run(RandomDesigner(spec, 0), 20))
-    assert gp > rnd
-    assert gp > score({"lr": 0.01, "units": 40, "batch": 32, "optimizer": "adam"}) - 0.3
+    seeds = range(4)
+    gp = [best(run(GaussianProcessBandit(spec, s, num_candidates=500), 20)) for s in seeds]
+    rnd = [best(run(RandomDesigner(spec, s), 20)) for s in seeds]
+    # One seed may settle on a worse categorical choice; most must not.
+    assert sum(g > r for g, r in zip(gp, rnd)) >= 3, (gp, rnd)
+    optimum = score({"lr": 0.01, "units": 40, "batch": 32, "optimizer": "adam"})
+    assert sorted(gp)[len(gp) // 2] > optimum - 0.3, gp

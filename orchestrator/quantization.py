@@ -48,11 +48,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from orchestrator.errors import ConfigError, GateError
+
+if TYPE_CHECKING:  # numpy is imported where it runs: validation must stay light
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ _OWN_TEST_SET = {"mnist", "fashion_mnist", "cifar10"}
 # ------------------------------------------------------------------------------------------ checks
 def _count_file_rows(d: Any) -> Optional[int]:
     """Examples in a local ``data=files`` npz/csv file, or None when that is not cheap to know."""
+    import numpy as np
     from orchestrator.validation import data_format
 
     if not d.path or "://" in d.path or not os.path.exists(d.path):
@@ -246,6 +248,7 @@ def local_copy(model: Any, mode: str) -> Any:
 # ------------------------------------------------------------------------------------------ conversion
 def calibration_batches(x_train: np.ndarray, batches: int, batch_size: int, seed: int = 0) -> List[np.ndarray]:
     """Up to ``batches`` batches of training rows (a seeded sample, so reruns calibrate alike)."""
+    import numpy as np
     n = min(len(x_train), batches * batch_size)
     idx = np.random.default_rng(seed).permutation(len(x_train))[:n]
     rows = x_train[idx].astype("float32")
@@ -307,6 +310,7 @@ def _interpreter(content: bytes):
 
 
 def _quantize_input(x: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
+    import numpy as np
     dtype = detail["dtype"]
     if np.issubdtype(dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
         scale, zero = detail["quantization"]
@@ -316,6 +320,7 @@ def _quantize_input(x: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
 
 
 def _dequantize(y: np.ndarray, detail: Dict[str, Any]) -> np.ndarray:
+    import numpy as np
     scale, zero = detail["quantization"]
     if np.issubdtype(y.dtype, np.integer) and scale:
         return (y.astype("float32") - zero) * scale
@@ -332,6 +337,7 @@ def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name
     Latency is the mean over up to ``LATENCY_EXAMPLES`` test examples, best of ``LATENCY_REPEATS``
     passes: on a shared machine a pass that was preempted says nothing about the model.
     """
+    import numpy as np
     interp = _interpreter(content)
     runner = interp.get_signature_runner()
     in_name, in_detail = next(iter(runner.get_input_details().items()))
@@ -356,6 +362,7 @@ def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name
 
 def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256) -> np.ndarray:
     """Class predictions of the float SavedModel's ``serving_default`` signature."""
+    import numpy as np
     from orchestrator.tf_env import import_tensorflow
 
     tf = import_tensorflow()
@@ -372,6 +379,7 @@ def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.nda
 
     Returns the report recorded under ``quantization`` in metrics.json and the converted file's bytes.
     """
+    import numpy as np
     baseline_bytes = float32_tflite or convert(saved_model_dir, "float32")
     content = convert(saved_model_dir, mode, calibration=calibration, int8_io=int8_io, dense_per_channel=dense_per_channel)
     if keep_dir is not None:

@@ -47,6 +47,11 @@ def _keras_dataset(name: str, cache_dir: Optional[str]):
     keras = import_keras()
     loader = getattr(keras.datasets, name)
     cache = Path(cache_dir).expanduser() if cache_dir else Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+    if cache_dir and not (cache / KERAS_DATASETS[name]).exists():
+        # An explicit cache means "read from here": never fall back to downloading.
+        raise TaskFailedError(f"data.cache_dir={cache_dir!r} has no {KERAS_DATASETS[name]} for data.name={name!r}. "
+                              f"Place the dataset's files at {cache / KERAS_DATASETS[name]}, or set data.cache_dir=null "
+                              "to let tf_keras download it (needs internet), or use data=digits, which ships with scikit-learn.")
     try:
         if name == "mnist" and cache_dir:
             return loader.load_data(path=str(cache / "mnist.npz"))

@@ -212,9 +212,7 @@ def _resolve(tag: str, available: dict[str, Any]) -> str | None:
     for candidate in candidates:
         if candidate in available:
             return candidate
-    for candidate in candidates:
-        if "/" in candidate:
-            continue
+    for candidate in candidates:  # e.g. <run_dir>/tensorboard/validation/epoch_accuracy from the run dir
         found = unique_suffix(candidate)
         if found:
             return found

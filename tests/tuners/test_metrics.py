@@ -100,3 +100,17 @@ def test_tensorboard_event_file_writer(tmp_path):
         writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[value])))
     writer.close()
     assert read_tb_scalar(tmp_path, "loss") == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+
+
+@pytest.mark.slow
+def test_tfscale_run_dir_tags_resolve(tmp_path):
+    """A tfscale run writes tf_keras' layout under <run_dir>/tensorboard; short tags find it from the run dir."""
+    from tfscale_testing import run_tfscale
+
+    result = run_tfscale(["trainer.epochs=2", "trainer.verbose=0", "export.enabled=false"], tmp_path)
+    assert result.returncode == 0, result.output[-2000:]
+    run_dir = next(tmp_path.glob("runs/*/*"))
+    val = read_tb_scalar(run_dir, "val_accuracy")
+    assert [step for step, _ in val] == [0, 1]
+    assert read_tb_scalar(run_dir, "accuracy") == val
+    assert [s for s, _ in read_tb_scalar(run_dir, "train/epoch_loss")] == [0, 1]

@@ -130,6 +130,10 @@ class EventWriter:
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
         self.add_event(self._pb.Event(wall_time=wall_time or time.time(), step=step, summary=summary))
 
+    def flush(self) -> None:
+        """Make what was added visible to readers (TensorBoard, study metric readers)."""
+        self._file.flush()
+
     def close(self) -> None:
         """Flush and close the file."""
         self._file.close()

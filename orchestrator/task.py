@@ -109,28 +109,24 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
 
 def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -> Dict[str, Any]:
     """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json."""
-    from orchestrator import deploy, quantization
+    from orchestrator import cluster_task, deploy, quantization
     from orchestrator.data import load_splits, make_dataset
     from orchestrator.export import export_version
     from orchestrator.models import build_model
     from orchestrator.topology import configure_devices, describe_devices
+    from orchestrator.tf_env import import_keras
     from orchestrator.validation import strategy_context
+    from strategies.tf_config import role_topology
     import strategies
 
     started = time.time()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = TaskIdentity.from_env()
-    from orchestrator import cluster_task
-    from strategies.tf_config import role_topology
-
     if cluster_task.server_or_sidecar(cfg, identity):  # ps/worker servers and the evaluator build no trainer
         return cluster_task.run_cluster_task(cfg, run_dir, identity)
     topology = role_topology(cfg, identity.task_type)
     tf, plan, env_changes = configure_devices(topology)  # first: before anything initialises TensorFlow's runtime
-
-    from orchestrator.tf_env import import_keras
-
     keras = import_keras()
     t = cfg.trainer
     keras.utils.set_random_seed(int(t.seed))

@@ -179,6 +179,10 @@ def hydra_task(cfg: Any) -> Any:
     try:
         validate(cfg)
         (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.backend.name != "local":
+            from orchestrator import warm_task
+
+            warm_task.release()  # this backend starts its own task processes
         metrics = backends.get(cfg.backend.name).run(cfg, run_dir)
     except TfscaleError as exc:
         if hc.mode == RunMode.MULTIRUN:
@@ -261,6 +265,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     overrides, flags = split_args(argv)
     try:
         if not set(flags) - {"-cd", "--config-dir", "-cn", "--config-name"}:
+            from orchestrator import warm_task
+
+            warm_task.start()  # imports TensorFlow in the task process while this one composes
             run_single(overrides, flags.get("-cd") or flags.get("--config-dir"),
                        flags.get("-cn") or flags.get("--config-name") or "config")
             return
@@ -268,6 +275,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     except TfscaleError as exc:
         print(f"tfscale: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("tfscale: interrupted", file=sys.stderr)
+        sys.exit(130)
 
     import hydra
 

@@ -1,6 +1,7 @@
 """One training task, in its own process: topology → strategy → data → model → fit → export → record.
 
-This is the code every backend ends up running (in-process for ``local``, in a child process per task for
+This is the code every backend ends up running (for ``local``, in the task process ``tfscale`` forked at
+start-up or in-process; in a child process per task for
 ``processes``, in a process per Ray actor, in the container of a Vertex job). The device topology is
 applied first, before TensorFlow initialises.
 """

@@ -86,6 +86,8 @@ def start() -> Optional["WarmTask"]:
     global _current
     if _current is not None or not enabled() or "tensorflow" in sys.modules:
         return _current
+    if threading.active_count() > 1:  # forking a threaded process (an embedding application) is unsafe
+        return None
     sys.stdout.flush()
     sys.stderr.flush()
     to_child_r, to_child_w = os.pipe()

@@ -63,7 +63,7 @@ def test_study_on_processes_survives_a_killed_driver(tmp_path):
     while len(list(sweep_dir.glob("trial_*/metrics.json"))) < 3:
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
         assert time.monotonic() < deadline, "3 trials did not finish in time"
-        time.sleep(0.5)
+        time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     # Trials run in their own process groups; they must still die with the driver.
@@ -73,7 +73,8 @@ def test_study_on_processes_survives_a_killed_driver(tmp_path):
     assert not _processes_mentioning(str(sweep_dir)), "orphaned trial processes"
     with sqlite3.connect(sweep_dir / "study.db") as db:
         before = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-    assert 3 <= before <= 4
+    # Batches of 2 are synchronous: the driver may already have asked for the next batch when it died.
+    assert 3 <= before <= 6
 
     result = run_tfscale(args, tmp_path, timeout=600)
     assert result.returncode == 0, result.output

@@ -40,6 +40,10 @@ class Splits:
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test))
+
 
 def _keras_dataset(name: str, cache_dir: Optional[str]):
     from orchestrator.tf_env import import_keras
@@ -104,6 +108,22 @@ def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
     if not xs:
         raise ConfigError("data.path", d.path, "The TFRecord file holds no examples.")
     return np.stack(xs).astype("float32"), np.asarray(ys, dtype="int64")
+
+
+def loads_without_tensorflow(d: Any) -> bool:
+    """Whether :func:`load_splits` can load ``data`` without TensorFlow (digits; local npz and CSV files).
+
+    Such data can be loaded by a process that never imports TensorFlow — the ``tfscale`` parent, while its
+    task process is still importing it.
+    """
+    if d.name == "digits":
+        return True
+    if d.name != "files" or not d.path or "://" in str(d.path):
+        return False
+    try:
+        return data_format(d.path, d.format) in ("npz", "csv")
+    except ConfigError:
+        return False
 
 
 def load_splits(d: Any) -> Splits:

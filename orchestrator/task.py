@@ -108,8 +108,11 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
-def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -> Dict[str, Any]:
-    """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json."""
+def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None) -> Dict[str, Any]:
+    """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json.
+
+    ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``.
+    """
     from orchestrator import cluster_task, deploy, quantization
     from orchestrator.data import load_splits, make_dataset
     from orchestrator.export import export_version
@@ -145,7 +148,8 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None) -
     if identity.is_chief:
         write_json(run_dir / "provenance.json", record)
 
-    splits = load_splits(cfg.data)
+    if splits is None:
+        splits = load_splits(cfg.data)
     batch = int(t.batch_size)
     train_ds = make_dataset(tf, splits.x_train, splits.y_train, batch, shuffle=True, seed=int(t.seed),
                             shuffle_buffer=int(cfg.data.shuffle_buffer), prefetch=int(cfg.data.prefetch))

@@ -86,8 +86,10 @@ def test_which_process_trains(tmp_path, env, overrides, warm):
     assert (record["pid"] != proc.pid) is warm
     assert metrics["model_version"].endswith("0001")
     assert record["seed"] == int(token.split("=")[1])
+    log = (_run_dir(tmp_path) / "tfscale.log").read_text()
+    assert ("data digits loaded" in log) is warm  # digits needs no TensorFlow: the parent loads it
+    assert "topology auto applied" in log  # the task's own log lines reach the run's log either way
     if overrides:
-        log = (_run_dir(tmp_path) / "tfscale.log").read_text()
         assert "CUDA_VISIBLE_DEVICES=-1 must be set before TensorFlow is imported" in log
     assert _processes_with(token) == []
 
@@ -121,3 +123,18 @@ def test_interrupted_run_stops_its_task_and_publishes_nothing(tmp_path):
     models = tmp_path / "models"
     assert not models.exists() or not any(models.rglob("saved_model.pb")), list(models.rglob("*"))
     assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_warm_and_cold_runs_train_identically(tmp_path):
+    results = []
+    for env in ({}, {"TFSCALE_WARM_TASK": "0"}):
+        cwd = tmp_path / (env.get("TFSCALE_WARM_TASK") or "warm")
+        cwd.mkdir()
+        proc = _popen(["trainer.epochs=3", "trainer.deterministic=true"], cwd, **env)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+        results.append(json.loads((_run_dir(cwd) / "metrics.json").read_text()))
+    warm, cold = results
+    for key in ("history", "test", "validation", "epochs", "replicas", "logical_devices"):
+        assert warm[key] == cold[key], key

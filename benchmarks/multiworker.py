@@ -22,7 +22,7 @@ from pathlib import Path
 def run(workers: int, epochs: int, batch: int, seed: int) -> dict:
     cwd = Path(tempfile.mkdtemp(prefix=f"tfscale-bench-{workers}w-"))
     exe = shutil.which("tfscale")
-    argv = [exe] if exe else [sys.executable, "-m", "orchestrator.cli"]
+    argv = [exe] if exe else [sys.executable, "-m", "orchestrator.app.cli"]
     args = ["backend=processes", "cluster=workers_2", f"cluster.worker.count={workers}", "strategy=multi_worker_mirrored",
             f"trainer.epochs={epochs}", f"trainer.batch_size={batch}", f"trainer.seed={seed}", "trainer.deterministic=true",
             "trainer.tensorboard=false", "trainer.verbose=0", "backend.stream_logs=false", "export.enabled=false"]

@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20, help="20 = the default experiment; more shows how the fixed cost amortises")
     args = parser.parse_args()
-    tfscale = [sys.executable, "-m", "orchestrator.cli"]
+    tfscale = [sys.executable, "-m", "orchestrator.app.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "plain_keras.py").write_text(PLAIN_SCRIPT)

@@ -28,10 +28,10 @@ MODES = ("float32", "dynamic", "float16", "int8", "qat")
 def _train(cfg: Any, splits: Any, mode: str) -> Any:
     from omegaconf import OmegaConf
 
-    from orchestrator.data import make_dataset
-    from orchestrator.models import build_model
-    from orchestrator.quantization import prepare_model
-    from orchestrator.tf_env import import_keras, import_tensorflow
+    from orchestrator.training.data import make_dataset
+    from orchestrator.training.models import build_model
+    from orchestrator.artifacts.quantization import prepare_model
+    from orchestrator.runtime.tf_env import import_keras, import_tensorflow
 
     tf, keras = import_tensorflow(), import_keras()
     keras.utils.set_random_seed(int(cfg.trainer.seed))
@@ -47,12 +47,12 @@ def _train(cfg: Any, splits: Any, mode: str) -> Any:
 
 def run(overrides: List[str]) -> List[Dict[str, Any]]:
     """Measure every mode; return one row per mode."""
-    from orchestrator.cli import compose
-    from orchestrator.data import load_splits
-    from orchestrator.export import save_model
-    from orchestrator.quantization import calibration_batches, convert, evaluate_tflite, float_predictions
-    from orchestrator.tf_env import import_tensorflow
-    from orchestrator.validation import validate
+    from orchestrator.config.compose import compose
+    from orchestrator.training.data import load_splits
+    from orchestrator.artifacts.export import save_model
+    from orchestrator.artifacts.quantization import calibration_batches, convert, evaluate_tflite, float_predictions
+    from orchestrator.runtime.tf_env import import_tensorflow
+    from orchestrator.config.validation import validate
 
     cfg = compose([o for o in overrides if not o.startswith("quantization=")] + ["quantization=int8"])
     validate(cfg)

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.tf_env import import_keras, import_tensorflow  # noqa: E402
+from orchestrator.runtime.tf_env import import_keras, import_tensorflow  # noqa: E402
 
 MODEL = "digits_mlp"
 

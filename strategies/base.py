@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
-from orchestrator.topology import DevicePlan
+from strategies.devices import DevicePlan
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class ParameterServerStrategy(Strategy):
 
     def build(self, ctx: StrategyContext, tf: Any) -> Any:
         # Only the coordinator (the chief) builds the strategy; ps and worker tasks run plain servers
-        # (orchestrator.cluster_task), because a ParameterServerStrategy object drives them remotely.
+        # (orchestrator.training.roles), because a ParameterServerStrategy object drives them remotely.
         counts = cluster_from_env()
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         return tf.distribute.experimental.ParameterServerStrategy(

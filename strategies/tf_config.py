@@ -243,15 +243,13 @@ def role_topology(cfg: Any, role: str) -> Any:
     return OmegaConf.merge(cfg.topology, _plain(overrides))
 
 
-def check_role_topology(cfg: Any, role: str) -> None:
-    from orchestrator.topology import plan_devices
-
+def check_role_topology(cfg: Any, role: str) -> Any:
+    """The merged topology of ``role``; ConfigError naming ``cluster.<role>.topology`` if it does not merge."""
     try:
-        topo = role_topology(cfg, role)
+        return role_topology(cfg, role)
     except Exception as exc:  # OmegaConf raises for unknown keys / wrong types of the topology schema
         raise ConfigError(f"cluster.{role}.topology", _plain(getattr(cfg.cluster, role).topology),
                           f"{str(exc).splitlines()[0]}. Use keys of the topology group, e.g. {{cpu_devices: 2}}.") from None
-    plan_devices(topo)
 
 
 def check_local_hosts(cfg: Any, backend: str) -> None:

@@ -49,6 +49,6 @@ def tfscale_env(**extra: str) -> dict:
 def run_tfscale(args: Sequence[str], cwd: Path, *, timeout: float = 600, env: dict | None = None) -> Result:
     """Run ``tfscale ARGS`` as a user would, in ``cwd``."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env or tfscale_env())
     return Result(proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start, Path(cwd))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuners.errors import StudySpecError
-from tuners.study_spec import (
+if TYPE_CHECKING:  # the class is passed in: study_spec imports this module
+    from tuners.study_spec import StudySpec
+
+from tuners.spec_parts import (
     Algorithm,
     EarlyStoppingRule,
     EarlyStoppingSpec,
@@ -21,7 +24,6 @@ from tuners.study_spec import (
     ParameterSpec,
     ParameterType,
     ScaleType,
-    StudySpec,
 )
 
 _SCALE_ALIASES = {"linear": "UNIT_LINEAR_SCALE", "log": "UNIT_LOG_SCALE", "reverse_log": "UNIT_REVERSE_LOG_SCALE",
@@ -94,7 +96,7 @@ def _native_param(d: Mapping[str, Any], where: str) -> ParameterSpec:
         parent_values=tuple(when if isinstance(when, (list, tuple)) else ([when] if when is not None else ()))))
 
 
-def from_native(d: Mapping[str, Any]) -> StudySpec:
+def from_native(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
     """Build a spec from the native tfscale dict form."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"study: must be a mapping, but got {type(d).__name__}.")
@@ -112,7 +114,7 @@ def from_native(d: Mapping[str, Any]) -> StudySpec:
     if isinstance(stopping, str):
         stopping = {"rule": stopping}
     _check_keys(stopping, {"rule", "min_trials", "min_steps", "margin", "max_step"}, "early_stopping")
-    return _build(_NATIVE_NAMES, "", lambda: StudySpec(
+    return _build(_NATIVE_NAMES, "", lambda: spec_cls(
         metric=MetricSpec(metric.get("tag"), metric.get("goal", "MAXIMIZE")),
         parameters=tuple(_native_param(p, f"parameters[{i}]") for i, p in enumerate(params)),
         max_trials=d.get("max_trials", 10),
@@ -161,7 +163,7 @@ _AI_PARAM_KEYS = {"parameterName", "type", "minValue", "maxValue", "scaleType", 
                   "discreteValues"}
 
 
-def from_ai_platform(d: Mapping[str, Any], param_map: Mapping[str, str] | None) -> StudySpec:
+def from_ai_platform(spec_cls: type[StudySpec], d: Mapping[str, Any], param_map: Mapping[str, str] | None) -> StudySpec:
     """Build a spec from AI Platform ``trainingInput.hyperparameters`` (or any enclosing level)."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"trainingInput: must be a mapping, but got {type(d).__name__}.")
@@ -194,7 +196,7 @@ def from_ai_platform(d: Mapping[str, Any], param_map: Mapping[str, str] | None) 
                           scale=_scale(p.get("scaleType"), "scaleType"), values=tuple(values or ()),
                           config_key=(param_map or {}).get(name, name)))))
     failed = d.get("maxFailedTrials")
-    return _build(_AI_NAMES, "", lambda: StudySpec(
+    return _build(_AI_NAMES, "", lambda: spec_cls(
         metric=MetricSpec(d.get("hyperparameterMetricTag") or "training/hptuning/metric",
                           d.get("goal") or "MAXIMIZE"),
         parameters=tuple(built),
@@ -262,7 +264,7 @@ def _vertex_param(p: Mapping[str, Any], where: str, param_map: Mapping[str, str]
         config_key=(param_map or {}).get(name, name), children=tuple(children), parent_values=parent_values))
 
 
-def from_vertex(d: Mapping[str, Any], param_map: Mapping[str, str] | None,
+def from_vertex(spec_cls: type[StudySpec], d: Mapping[str, Any], param_map: Mapping[str, str] | None,
                 overrides: Mapping[str, Any]) -> StudySpec:
     """Build a spec from a Vertex ``StudySpec`` dict (or a HyperparameterTuningJob dict holding one)."""
     if not isinstance(d, Mapping):
@@ -289,7 +291,7 @@ def from_vertex(d: Mapping[str, Any], param_map: Mapping[str, str] | None,
         "seed": 0,
     }
     kwargs.update(overrides)
-    return _build(_VERTEX_NAMES, "", lambda: StudySpec(
+    return _build(_VERTEX_NAMES, "", lambda: spec_cls(
         metric=MetricSpec(metrics[0].get("metricId"), metrics[0].get("goal") or "MAXIMIZE"),
         parameters=params, algorithm=algorithm, early_stopping=EarlyStoppingSpec(rule=stopping), **kwargs))
 
@@ -337,13 +339,13 @@ def to_vertex(spec: StudySpec) -> dict[str, Any]:
     return out
 
 
-def from_any_dict(d: Mapping[str, Any]) -> StudySpec:
+def from_any_dict(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
     """Dispatch on the shape of ``d``: AI Platform, Vertex or native."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"study: must be a mapping, but got {type(d).__name__}.")
     if {"trainingInput", "hyperparameters", "hyperparameterMetricTag", "params"} & set(d):
-        return from_ai_platform(d, None)
+        return from_ai_platform(spec_cls, d, None)
     if {"studySpec", "study_spec", "metrics"} & set(d):
-        return from_vertex(d, None, {})
-    return from_native(d)
+        return from_vertex(spec_cls, d, None, {})
+    return from_native(spec_cls, d)
 

@@ -1,7 +1,7 @@
 """Hydra plugin shim of tfscale's study sweeper and trial launchers.
 
 Hydra discovers plugins only in the ``hydra_plugins`` namespace package; the implementation lives in
-:mod:`tuners.sweeper` and :mod:`tuners.launchers`. Importing this package registers the configs
+:mod:`orchestrator.launch.sweeper` and :mod:`orchestrator.launch.hydra_launchers`. Importing this package registers the configs
 ``hydra/sweeper=tfscale``, ``hydra/launcher=tfscale_processes`` and ``hydra/launcher=tfscale_ray``.
 """
 from hydra_plugins.tfscale_sweeper.tfscale_sweeper import (

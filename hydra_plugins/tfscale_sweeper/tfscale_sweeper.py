@@ -60,10 +60,10 @@ ConfigStore.instance().store(group="hydra/launcher", name="tfscale_ray", node=Tf
 
 
 class TfscaleSweeper(Sweeper):
-    """Hydra entry point of :class:`tuners.sweeper.StudySweeper`."""
+    """Hydra entry point of :class:`orchestrator.launch.sweeper.StudySweeper`."""
 
     def __init__(self, **settings: Any) -> None:
-        from tuners.sweeper import StudySweeper
+        from orchestrator.launch.sweeper import StudySweeper
 
         self._impl = StudySweeper(**settings)
 
@@ -75,10 +75,10 @@ class TfscaleSweeper(Sweeper):
 
 
 class TfscaleProcessesLauncher(Launcher):
-    """Hydra entry point of :class:`tuners.launchers.ProcessesLauncher`."""
+    """Hydra entry point of :class:`orchestrator.launch.hydra_launchers.ProcessesLauncher`."""
 
     def __init__(self, **settings: Any) -> None:
-        from tuners.launchers import ProcessesLauncher
+        from orchestrator.launch.hydra_launchers import ProcessesLauncher
 
         self._impl = ProcessesLauncher(**settings)
 
@@ -90,10 +90,10 @@ class TfscaleProcessesLauncher(Launcher):
 
 
 class TfscaleRayLauncher(Launcher):
-    """Hydra entry point of :class:`tuners.launchers.RayLauncher`."""
+    """Hydra entry point of :class:`orchestrator.launch.hydra_launchers.RayLauncher`."""
 
     def __init__(self, **settings: Any) -> None:
-        from tuners.launchers import RayLauncher
+        from orchestrator.launch.hydra_launchers import RayLauncher
 
         self._impl = RayLauncher(**settings)
 

@@ -40,7 +40,7 @@ class TfServingTarget(DeployTarget):
     name = "tf_serving"
 
     def check(self, cfg: Any) -> None:
-        from orchestrator.serving.schema import check_tf_serving_deploy
+        from orchestrator.config.serving import check_tf_serving_deploy
 
         d = cfg.deploy.get("tf_serving") if hasattr(cfg.deploy, "get") else getattr(cfg.deploy, "tf_serving", None)
         if d is None:
@@ -239,7 +239,7 @@ def _wait_available(proc: subprocess.Popen, port: int, name: str, version: int, 
 
 
 def _signature(version_dir: Path) -> Any:
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     return tf.saved_model.load(str(version_dir)).signatures["serving_default"]
@@ -258,7 +258,7 @@ def _test_rows(version_dir: Path, n: int) -> Dict[str, Any]:
 
 
 def _in_process(version_dir: Path, rows: Dict[str, Any]) -> Dict[str, Any]:
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     out = _signature(version_dir)(**{k: tf.constant(v) for k, v in rows.items()})
@@ -294,7 +294,7 @@ def _grpc_predict(port: int, name: str, version: int, rows: Dict[str, Any]):
     import numpy as np
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     request = predict_pb2.PredictRequest()

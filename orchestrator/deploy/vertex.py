@@ -24,7 +24,7 @@ class VertexDeploy(DeployTarget):
     def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         from google.api_core import exceptions
 
-        from orchestrator.run_record import git_state
+        from orchestrator.artifacts.run_record import git_state
         from orchestrator.vertex import models
         from orchestrator.vertex.job_spec import job_labels
 

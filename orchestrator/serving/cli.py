@@ -1,7 +1,7 @@
 """``tfscale serve`` and ``tfscale rollback``.
 
 Both take overrides of the ``serving`` config group, Hydra style (``conf/serving/<option>.yaml`` merged into
-:class:`~orchestrator.serving.schema.ServingConfig`, then ``key=value`` overrides)::
+:class:`~orchestrator.config.serving.ServingConfig`, then ``key=value`` overrides)::
 
     tfscale serve serving.model_base=models                      # every model of models/models.config
     tfscale serve serving.model_base=models serving.model_name=digits_mlp serving.rest_port=8501
@@ -46,7 +46,7 @@ def load_serving_config(overrides: List[str]) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from orchestrator.serving.schema import ServingConfig, check_serving
+    from orchestrator.config.serving import ServingConfig, check_serving
 
     option = "default"
     dotlist = []

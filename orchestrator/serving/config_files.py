@@ -124,7 +124,7 @@ def update_models_config(path: str | os.PathLike, entry: ModelEntry) -> List[Mod
 
 # ------------------------------------------------------------------------- batching and monitoring
 def batching_text(batching: Any) -> str:
-    """Text-format ``BatchingParameters`` from a :class:`~orchestrator.serving.schema.BatchingConfig`."""
+    """Text-format ``BatchingParameters`` from a :class:`~orchestrator.config.serving.BatchingConfig`."""
     from google.protobuf import text_format
 
     from orchestrator.serving.protos import batching_parameters_class

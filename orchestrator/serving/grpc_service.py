@@ -26,7 +26,7 @@ def tensor_proto(arr: np.ndarray) -> Any:
 
     dt = _NUMERIC_DT.get(arr.dtype)
     if dt is None:
-        from orchestrator.tf_env import import_tensorflow
+        from orchestrator.runtime.tf_env import import_tensorflow
 
         return import_tensorflow().make_tensor_proto(arr)
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
@@ -49,7 +49,7 @@ def _abort(context: Any, err: RequestError) -> None:
 
 def build_services(manager: ModelManager, allow_nonfinite: bool) -> Tuple[Any, Any]:
     """The two servicer objects over ``manager``."""
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,

@@ -86,7 +86,7 @@ class Signature:
 
 
 def _tf():
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     return import_tensorflow()
 

@@ -23,7 +23,7 @@ def policy_of(p: Any) -> VersionPolicy:
 
 
 def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Optional[List[ModelEntry]]]]]:
-    """The models to serve per :class:`~orchestrator.serving.schema.ServingConfig` ``s``, and a re-reader.
+    """The models to serve per :class:`~orchestrator.config.serving.ServingConfig` ``s``, and a re-reader.
 
     A models.config is re-read on every poll when its modification time changes, so editing it (or
     ``tfscale rollback``) takes effect without a restart.

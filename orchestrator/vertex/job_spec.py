@@ -39,7 +39,7 @@ SCALE_TIERS: Dict[str, Dict[str, PoolPreset]] = {
     "CUSTOM": {},
 }
 
-PYTHON_MODULE = "orchestrator.cli"
+PYTHON_MODULE = "orchestrator.app.cli"
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 

@@ -1,7 +1,7 @@
 """Studies on Vertex: a :class:`tuners.StudySpec` as a HyperparameterTuningJob, and its trials back as tuners trials.
 
 Vertex's Vizier service proposes the trials; each trial is a CustomJob running
-``orchestrator.vertex.trial_main`` (which turns Vertex's ``--<parameter>=<value>`` flags into overrides) and
+``orchestrator.app.vertex_trial`` (which turns Vertex's ``--<parameter>=<value>`` flags into overrides) and
 reports its objective through :mod:`orchestrator.vertex.hypertune`. When the job ends, its trials are written
 into a :class:`tuners.study_store.StudyStore` in the run directory — the same store and tables local studies use.
 """
@@ -12,13 +12,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from orchestrator.errors import ConfigError
 
-TRIAL_MODULE = "orchestrator.vertex.trial_main"
+TRIAL_MODULE = "orchestrator.app.vertex_trial"
 
 # Vertex trial states -> tuners statuses. A trial Vertex stopped early is SUCCEEDED with a final measurement
 # flagged by the early stopping service; INFEASIBLE means the trial reported no usable objective.
 _STATUS = {"SUCCEEDED": "COMPLETED", "INFEASIBLE": "FAILED", "STOPPING": "STOPPED", "ACTIVE": "ACTIVE",
            "REQUESTED": "ACTIVE", "STATE_UNSPECIFIED": "FAILED"}
 
+
+#: Trial argument that maps a tuning parameter to its config key: ``--tfscale-param-key=<name>=<key>``.
+KEY_FLAG = "--tfscale-param-key="
 
 def load_study(cfg: Any) -> Any:
     """The study of a tuning job: ``vertex.study_file`` (native, AI Platform or Vertex YAML), else the study group."""
@@ -66,7 +69,6 @@ def trial_args(spec: Any, overrides: Sequence[str]) -> List[str]:
 
     searched = {p.config_key.lstrip("+~") for p in spec.all_parameters()}
     args = [a for a in trainer_args(overrides) if a.lstrip("+~").partition("=")[0] not in searched]
-    from orchestrator.vertex.trial_main import KEY_FLAG
 
     return args + [f"{KEY_FLAG}{p.name}={p.config_key}" for p in spec.all_parameters()]
 

@@ -16,7 +16,7 @@ QUIET = ["trainer.verbose=2", "trainer.tensorboard=false"]
 
 def tfscale_argv() -> List[str]:
     exe = shutil.which("tfscale")
-    return [exe] if exe else [sys.executable, "-m", "orchestrator.cli"]
+    return [exe] if exe else [sys.executable, "-m", "orchestrator.app.cli"]
 
 
 def env() -> dict:
@@ -47,7 +47,7 @@ def task_processes(cwd: Path) -> List[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "orchestrator.task_main" in cmd and needle in cmd and state != "Z":
+        if "orchestrator.launch.task_main" in cmd and needle in cmd and state != "Z":
             found.append(int(entry.name))
     return found
 

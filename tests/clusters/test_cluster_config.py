@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import compose
+from orchestrator.config.compose import compose
 from orchestrator.errors import ConfigError
-from orchestrator.validation import validate
+from orchestrator.config.validation import validate
 from strategies import tf_config
 from strategies.multi_worker import TPUStrategy
 
@@ -113,7 +113,7 @@ def test_tpu_resolver_arguments_come_from_config():
 def _run_cli(args, cwd):
     probe = ("import runpy, sys, atexit; sys.argv=['tfscale', *sys.argv[1:]]; "
              "atexit.register(lambda: print('TF_IMPORTED=' + str('tensorflow' in sys.modules), file=sys.stderr)); "
-             "runpy.run_module('orchestrator.cli', run_name='__main__')")
+             "runpy.run_module('orchestrator.app.cli', run_name='__main__')")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", probe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
     return proc, time.perf_counter() - start
@@ -136,7 +136,7 @@ def test_cli_rejects_bad_cluster_before_tensorflow(tmp_path, args, field, fix):
 
 
 def test_cluster_validation_is_fast_and_imports_no_tensorflow():
-    code = ("import sys, time; from orchestrator.cli import preflight; t=time.perf_counter()\n"
+    code = ("import sys, time; from orchestrator.app.cli import preflight; t=time.perf_counter()\n"
             "try:\n    preflight(['backend=ray', 'cluster=ps_2x1', 'strategy=multi_worker_mirrored'])\n"
             "except Exception as e:\n    print(type(e).__name__, round(time.perf_counter()-t, 3), 'tensorflow' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()

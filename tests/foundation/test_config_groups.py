@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import CONF_DIR, compose
+from orchestrator.config.compose import CONF_DIR, compose
 from orchestrator.errors import ConfigError
-from orchestrator.validation import validate
+from orchestrator.config.validation import validate
 
 # Options that need hardware or a cluster this machine's default config does not have; they must fail
 # validation with a ConfigError (never silently run), and compose cleanly.

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.cli import compose
-from orchestrator.data import load_splits
+from orchestrator.config.compose import compose
+from orchestrator.training.data import load_splits
 from orchestrator.errors import ConfigError
 
 
@@ -32,7 +32,7 @@ def test_npz_and_csv_give_identical_splits(tmp_path, arrays):
 
 
 def test_tfrecord(tmp_path, arrays):
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     x, y = arrays

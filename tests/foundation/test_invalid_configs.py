@@ -67,7 +67,7 @@ def test_distinct_invalid_cases():
 def test_validation_imports_no_tensorflow(overrides):
     code = (
         "import sys\n"
-        "from orchestrator.cli import preflight\n"
+        "from orchestrator.app.cli import preflight\n"
         "from orchestrator.errors import ConfigError\n"
         f"try:\n    preflight({overrides!r})\nexcept ConfigError:\n    pass\nelse:\n    sys.exit('accepted')\n"
         "heavy = [m for m in ('tensorflow', 'tf_keras', 'ray', 'google.cloud.aiplatform') if m in sys.modules]\n"
@@ -79,7 +79,7 @@ def test_validation_imports_no_tensorflow(overrides):
 
 def test_help_and_cfg_job_without_tensorflow(tmp_path):
     for args in (["--help"], ["--cfg", "job"]):
-        code = ("import sys\nfrom orchestrator.cli import main\n"
+        code = ("import sys\nfrom orchestrator.app.cli import main\n"
                 f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
                 "sys.exit('tensorflow imported' if 'tensorflow' in sys.modules else 0)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from orchestrator.models import _instantiate, _locate
-from orchestrator.tf_env import import_keras
+from orchestrator.training.models import _instantiate, _locate
+from orchestrator.runtime.tf_env import import_keras
 
 
 def test_flat_node_is_built_like_hydra_builds_it():

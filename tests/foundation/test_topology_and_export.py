@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import compose
+from orchestrator.config.compose import compose
 from orchestrator.errors import ConfigError
-from orchestrator.export import existing_versions, publish_directory
-from orchestrator.topology import plan_devices, set_process_environment
+from orchestrator.artifacts.export import existing_versions, publish_directory
+from orchestrator.config.devices import plan_devices
+from orchestrator.training.topology import set_process_environment
 
 
 def test_cpu_split_plan():

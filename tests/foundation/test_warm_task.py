@@ -45,7 +45,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _popen(args: list[str], cwd: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=tfscale_env(**env),
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args], cwd=cwd, env=tfscale_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,11 +1,11 @@
-"""``orchestrator.inspect_tflite``: describe and run a TFLite file."""
+"""``orchestrator.app.inspect_tflite``: describe and run a TFLite file."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.inspect_tflite import describe, run
+from orchestrator.app.inspect_tflite import describe, run
 
 pytestmark = pytest.mark.slow  # uses the int8 run's files
 

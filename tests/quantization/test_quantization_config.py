@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from orchestrator.cli import compose
+from orchestrator.config.compose import compose
 from orchestrator.errors import ConfigError
-from orchestrator.quantization import QAT_LAYERS, check, expected_train_rows, tflite_path
+from orchestrator.artifacts.quantization import tflite_path
+from orchestrator.config.quantization import QAT_LAYERS, check, expected_train_rows
 
 
 def _check(*overrides: str) -> None:
@@ -98,8 +99,8 @@ def test_gate_is_a_fraction(gate):
 
 def test_validation_imports_no_tensorflow():
     code = ("import sys, json\n"
-            "from orchestrator.cli import compose\n"
-            "from orchestrator.validation import validate\n"
+            "from orchestrator.config.compose import compose\n"
+            "from orchestrator.config.validation import validate\n"
             "validate(compose(['quantization=qat']))\n"
             "print(json.dumps([m for m in ('tensorflow', 'tf_keras', 'tensorflow_model_optimization', 'ai_edge_litert') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -104,9 +104,9 @@ def test_a_builder_model_qat_cannot_wrap_fails_before_training(tfscale):
 
 def test_inspect_shows_int8_io_quantization_and_runs_it(int8_run, tfscale):
     # An int8-in/int8-out conversion of the int8 run's float model, made in process (no second training).
-    from orchestrator.data import load_splits
-    from orchestrator.quantization import calibration_batches, convert
-    from orchestrator.task import load_run_config
+    from orchestrator.training.data import load_splits
+    from orchestrator.artifacts.quantization import calibration_batches, convert
+    from orchestrator.training.task import load_run_config
 
     splits = load_splits(load_run_config(int8_run.run_dir).data)
     content = convert(int8_run.cwd / "models" / "digits_mlp" / "0001", "int8", int8_io=True,
@@ -130,9 +130,9 @@ def test_inspect_shows_int8_io_quantization_and_runs_it(int8_run, tfscale):
 @pytest.mark.parametrize("mode, max_ratio", [("float16", 0.52), ("dynamic", 0.30)])
 def test_weight_only_modes_on_the_same_trained_model(int8_run, tmp_path, mode, max_ratio):
     # The int8 run's published SavedModel is the float model; converting it again in process spares a training run.
-    from orchestrator.data import load_splits
-    from orchestrator.quantization import compare
-    from orchestrator.task import load_run_config
+    from orchestrator.training.data import load_splits
+    from orchestrator.artifacts.quantization import compare
+    from orchestrator.training.task import load_run_config
 
     cfg = load_run_config(int8_run.run_dir)
     splits = load_splits(cfg.data)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator import deploy
-from orchestrator.cli import compose
+from orchestrator.config.compose import compose
 from orchestrator.deploy.tfjs import TfjsTarget, conversion_args, converter_command
 from orchestrator.errors import ConfigError, TaskFailedError
 

@@ -16,7 +16,7 @@ PYTHON = sys.executable
 
 def build_saved_model(path: Path, seed: int) -> None:
     """A Dense 64 -> 10 classifier with tfscale's serving_default signature (features -> probabilities, classes)."""
-    from orchestrator.tf_env import import_keras, import_tensorflow
+    from orchestrator.runtime.tf_env import import_keras, import_tensorflow
 
     tf = import_tensorflow()
     keras = import_keras()
@@ -45,7 +45,7 @@ def publish(model_dir: Path, version: int, template: Path) -> Path:
 
 def reference_predictions(path: Path, rows: np.ndarray):
     """In-process predictions of a SavedModel's serving_default signature."""
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -57,7 +57,7 @@ def serving_settings(base: Path, **overrides):
     """A ServingConfig on free ports, fast polling."""
     from omegaconf import OmegaConf
 
-    from orchestrator.serving.schema import ServingConfig
+    from orchestrator.config.serving import ServingConfig
 
     cfg = OmegaConf.structured(ServingConfig(model_base=str(base), rest_port=0, grpc_port=0,
                                              file_system_poll_wait_seconds=0.2))

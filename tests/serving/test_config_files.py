@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from orchestrator.errors import ConfigError
 from orchestrator.serving import config_files as cf
 from orchestrator.serving.repository import ModelEntry, VersionPolicy
-from orchestrator.serving.schema import TfServingDeployConfig
+from orchestrator.config.serving import TfServingDeployConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -112,8 +112,8 @@ def test_serve_cli_prints_config_and_help(capsys):
 def test_every_serving_and_deploy_option_composes_with_the_root_config():
     from hydra import compose, initialize_config_dir
 
-    from orchestrator.schema import register_configs
-    from orchestrator.serving.schema import check_serving, check_tf_serving_deploy
+    from orchestrator.config.schema import register_configs
+    from orchestrator.config.serving import check_serving, check_tf_serving_deploy
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

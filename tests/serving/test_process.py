@@ -103,7 +103,7 @@ def test_grpc_with_tls(repo, tmp_path, start_server, digits_rows):
 def _deploy_cfg(repo: Path, tmp_path: Path, **tf_serving):
     from hydra import compose, initialize_config_dir
 
-    from orchestrator.schema import register_configs
+    from orchestrator.config.schema import register_configs
 
     register_configs()
     overrides = ["deploy=tf_serving", f"export.model_base={repo}", f"runs_dir={tmp_path / 'runs'}"]

@@ -49,9 +49,9 @@ def test_seed_spec_composes_and_validates_in_full():
     """The seed's AI Platform YAML, verbatim: 10 trials, 2 parallel, both parameters mapped and valid."""
     from tuners import Goal, ParameterType, ScaleType, Study
 
-    from orchestrator.cli import compose
-    from orchestrator.validation import validate
-    from tuners.sweeper import study_spec
+    from orchestrator.config.compose import compose
+    from orchestrator.config.validation import validate
+    from orchestrator.launch.sweeper import study_spec
 
     cfg = compose(["study=seed_mnist"])
     assert cfg.model.optimizer.name == "sgd"

@@ -57,7 +57,7 @@ def test_study_on_processes_survives_a_killed_driver(tmp_path):
     args = ["-m", "study=digits_lr_units", *CHEAP, "trainer.tensorboard=false"]
     sweep_dir = tmp_path / "runs" / "studies" / "digits_lr_units"
     with open(tmp_path / "driver.log", "w") as out:
-        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, stdout=out,
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args], cwd=tmp_path, stdout=out,
                                   stderr=subprocess.STDOUT, env=tfscale_env(), start_new_session=True)
     deadline = time.monotonic() + 300
     while len(list(sweep_dir.glob("trial_*/metrics.json"))) < 3:

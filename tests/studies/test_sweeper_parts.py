@@ -8,8 +8,8 @@ import time
 import pytest
 
 from orchestrator.errors import ConfigError
-from tuners.launchers import STOP_FILE, _run_job_in_worker, gpu_slots, visible_gpu_ids
-from tuners.sweeper import epoch_key, objective_from_files, objective_from_metrics, tags_found
+from orchestrator.launch.hydra_launchers import STOP_FILE, _run_job_in_worker, gpu_slots, visible_gpu_ids
+from orchestrator.launch.sweeper import epoch_key, objective_from_files, objective_from_metrics, tags_found
 
 METRICS = {"validation": {"accuracy": 0.9, "loss": 0.3}, "test": {"accuracy": 0.8, "loss": 0.5},
            "train": {"accuracy": 0.95, "loss": 0.2}, "examples_per_second": 120.0}

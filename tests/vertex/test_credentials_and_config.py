@@ -57,7 +57,7 @@ def test_no_credential_in_output_logs_or_run_record(tmp_path, fake_credentials, 
 
 
 def test_secret_looking_arguments_are_redacted_in_provenance():
-    from orchestrator.run_record import redact_args
+    from orchestrator.artifacts.run_record import redact_args
 
     assert redact_args(["tfscale", "vertex.project=p", "+token=abc", "db.password=hunter2"]) == [
         "tfscale", "vertex.project=p", "+token=<redacted>", "db.password=<redacted>"]
@@ -75,9 +75,9 @@ def test_secret_looking_arguments_are_redacted_in_provenance():
     ([*LOCATION, "vertex.tuning=true"], "vertex.study_file"),
 ])
 def test_config_errors_name_the_key_without_importing_the_sdk(overrides, key):
-    from orchestrator.cli import compose
+    from orchestrator.config.compose import compose
     from orchestrator.errors import ConfigError
-    from orchestrator.validation import validate
+    from orchestrator.config.validation import validate
 
     cfg = compose(["backend=vertex", *overrides])
     with pytest.raises(ConfigError) as err:
@@ -86,7 +86,7 @@ def test_config_errors_name_the_key_without_importing_the_sdk(overrides, key):
 
 
 def test_missing_project_is_answered_fast_and_sdk_free(tmp_path):
-    code = ("import sys; from orchestrator.cli import main\n"
+    code = ("import sys; from orchestrator.app.cli import main\n"
             "try:\n    main(['backend=vertex', 'vertex.region=us-central1'])\n"
             "except SystemExit as e:\n    print('exit', e.code, 'sdk' if 'google.cloud.aiplatform' in sys.modules else 'nosdk')\n")
     probe = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)

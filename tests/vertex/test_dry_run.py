@@ -88,7 +88,7 @@ def test_premium_1_job_with_many_workers_and_parameter_servers(tmp_path, listene
     assert [p.machine_spec.machine_type for p in pools] == ["n1-highcpu-16", "n1-highcpu-16", "n1-highmem-8"]
     for pool in pools:
         spec = pool.python_package_spec
-        assert spec.python_module == "orchestrator.cli"
+        assert spec.python_module == "orchestrator.app.cli"
         assert spec.package_uris[0].startswith("gs://tfscale-test-bucket/tfscale/staging/")
         assert spec.package_uris[0].endswith(".tar.gz")
         assert "strategy=parameter_server" in spec.args and spec.args[-1] == "backend=local"
@@ -129,7 +129,7 @@ def test_container_image_replaces_the_python_package(tmp_path, listener):
     job = roundtrip(result.stdout, aiplatform_v1.CustomJob)
     (pool,) = job.job_spec.worker_pool_specs
     assert pool.container_spec.image_uri == "us-docker.pkg.dev/tfscale-test/train/tfscale:1"
-    assert list(pool.container_spec.command) == ["python", "-m", "orchestrator.cli"]
+    assert list(pool.container_spec.command) == ["python", "-m", "orchestrator.app.cli"]
     assert pool.machine_spec.machine_type == "n1-standard-8"
     assert pool.machine_spec.accelerator_type == aiplatform_v1.AcceleratorType.NVIDIA_TESLA_K80
 
@@ -150,7 +150,7 @@ def test_seed_tuning_study(tmp_path, listener):
     assert momentum.scale_type == aiplatform_v1.StudySpec.ParameterSpec.ScaleType.UNIT_LOG_SCALE
     (pool,) = job.trial_job_spec.worker_pool_specs
     spec = pool.python_package_spec
-    assert spec.python_module == "orchestrator.vertex.trial_main"
+    assert spec.python_module == "orchestrator.app.vertex_trial"
     assert "--tfscale-param-key=n_layers=+model.builder_kwargs.n_layers" in spec.args
     assert "--tfscale-param-key=momentum=model.optimizer.momentum" in spec.args
     assert [(e.name, e.value) for e in spec.env] == [("CLOUD_ML_HP_METRIC_TAG", "accuracy")]

@@ -9,7 +9,7 @@ from conftest import LOCATION
 
 
 def compose(*overrides):
-    from orchestrator.cli import compose as _compose
+    from orchestrator.config.compose import compose as _compose
 
     return _compose(["backend=vertex", *LOCATION, *overrides])
 
@@ -62,7 +62,7 @@ def test_job_arguments_are_the_overrides_run_locally():
 
 
 def test_trial_flags_become_overrides():
-    from orchestrator.vertex.trial_main import to_overrides
+    from orchestrator.app.vertex_trial import to_overrides
 
     argv = ["model=cnn", "backend=local", "--tfscale-param-key=momentum=model.optimizer.momentum",
             "--tfscale-param-key=n_layers=+model.builder_kwargs.n_layers", "--n_layers=42", "--momentum=0.3"]

@@ -24,7 +24,7 @@ def test_custom_job_is_staged_submitted_and_followed_until_it_succeeds(tmp_path,
     (uri,) = pools[0].python_package_spec.package_uris
     with tarfile.open(uri) as sdist:
         names = sdist.getnames()
-    assert any(n.endswith("orchestrator/cli.py") for n in names)
+    assert any(n.endswith("orchestrator/app/cli.py") for n in names)
     assert any(n.endswith("conf/config.yaml") for n in names)
     # Polled until the end, each state change reported once.
     assert fake_vertex.polls == ["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
@@ -74,7 +74,7 @@ def test_tuning_job_trials_come_back_into_the_study_store(tmp_path, fake_vertex,
 
 
 def test_model_versions_endpoint_canary_rollback_and_predict(tmp_path, fake_vertex, local_vertex):
-    from orchestrator.cli import compose
+    from orchestrator.config.compose import compose
     from orchestrator.deploy import get
     from orchestrator.vertex import models
 

@@ -97,7 +97,7 @@ def _body(cfg: Any, keras: Any, input_shape: Sequence[int], num_classes: int):
 
 def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int, scale: float):
     """Build and compile the experiment's model (call inside the strategy's scope)."""
-    from orchestrator.tf_env import import_keras
+    from orchestrator.runtime.tf_env import import_keras
 
     keras = import_keras()
     inputs = keras.Input(shape=tuple(input_shape), name=cfg.export.input_name, dtype="float32")

@@ -18,7 +18,7 @@ from orchestrator.errors import ConfigError
 def _resolve(path: Path) -> Path:
     if path.suffix == ".tflite" or (path / "saved_model.pb").exists():
         return path
-    from orchestrator.export import existing_versions
+    from orchestrator.artifacts.export import existing_versions
 
     versions = existing_versions(path)
     if versions:
@@ -40,7 +40,7 @@ def _parse_inputs(pairs: List[str]) -> Dict[str, np.ndarray]:
 
 def describe_saved_model(path: Path) -> str:
     """Signatures of a SavedModel: input and output names, dtypes and shapes."""
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     loaded = tf.saved_model.load(str(path))
@@ -61,7 +61,7 @@ def describe_saved_model(path: Path) -> str:
 
 def run_saved_model(path: Path, inputs: Dict[str, np.ndarray], signature: str = "serving_default") -> Dict[str, np.ndarray]:
     """Call a signature of a SavedModel on numpy inputs."""
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     loaded = tf.saved_model.load(str(path))
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     path = _resolve(args.path)
     if path.suffix == ".tflite":
-        from orchestrator import inspect_tflite
+        from orchestrator.app import inspect_tflite
 
         if not args.run:
             print(inspect_tflite.describe(path))

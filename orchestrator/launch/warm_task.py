@@ -131,7 +131,7 @@ class WarmTask:
 
     def unsuitable_because(self, cfg: Any) -> Optional[str]:
         """Why this run cannot use a process that already imported TensorFlow (None if it can)."""
-        from orchestrator.topology import set_process_environment
+        from orchestrator.training.topology import set_process_environment
 
         wanted = dict(IMPORT_ENV)
         wanted.update(set_process_environment(cfg.topology, env={}))
@@ -146,7 +146,7 @@ class WarmTask:
 
     def run(self, cfg: Any, run_dir: Any, overrides: List[str], logging_config: Optional[dict]) -> Dict[str, Any]:
         """Train ``cfg`` in the child; returns its metrics or re-raises its error."""
-        from orchestrator.task import load_run_config
+        from orchestrator.training.task import load_run_config
 
         # Typed and resolved here, while the child is still importing TensorFlow: the child starts training
         # from exactly what a task process reads from config.resolved.yaml, without paying for the merge.
@@ -248,7 +248,7 @@ def _preload_data(cfg: Any) -> Any:
     Loading (scikit-learn's import alone takes most of a second) then overlaps the child's TensorFlow
     import instead of following it. Errors are the same as in the task: they name the ``data.*`` key.
     """
-    from orchestrator.data import load_splits, loads_without_tensorflow
+    from orchestrator.training.data import load_splits, loads_without_tensorflow
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -337,10 +337,10 @@ def _preload() -> None:
         import tensorflow  # noqa: F401
         import tf_keras  # noqa: F401
 
-        import orchestrator.task  # noqa: F401
-        import orchestrator.data  # noqa: F401
-        import orchestrator.models  # noqa: F401
-        import orchestrator.export  # noqa: F401
+        import orchestrator.training.task  # noqa: F401
+        import orchestrator.training.data  # noqa: F401
+        import orchestrator.training.models  # noqa: F401
+        import orchestrator.artifacts.export  # noqa: F401
     except Exception:  # whatever failed fails again, with its proper error, when the task runs
         pass
 
@@ -382,7 +382,7 @@ def _run_job(job: Dict[str, Any], wfd: int) -> int:
     if job["logging"]:
         logging.config.dictConfig(job["logging"])
     try:
-        from orchestrator.task import run_training
+        from orchestrator.training.task import run_training
 
         metrics = run_training(job["cfg"], Path(job["run_dir"]), overrides=job["overrides"], splits=job["splits"])
         reply, code = ("ok", metrics), 0

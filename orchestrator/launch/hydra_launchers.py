@@ -1,7 +1,7 @@
 """Hydra launchers that run each sweep job (a study trial) as a fresh ``tfscale`` process.
 
 A trial's device topology is applied before TensorFlow initialises, which only a new process allows, so
-both launchers start ``python -m orchestrator.cli <overrides> hydra.run.dir=<job dir>`` — exactly the
+both launchers start ``python -m orchestrator.app.cli <overrides> hydra.run.dir=<job dir>`` — exactly the
 single run a user would type — and read the job's ``metrics.json`` as its return value.
 
 * :class:`ProcessesLauncher` runs the jobs of a batch on this machine, up to ``max_parallel`` at a time.
@@ -74,7 +74,7 @@ class Job:
 
     def command(self) -> List[str]:
         """The ``tfscale`` single run of this job, in its own directory."""
-        cmd = [sys.executable, "-m", "orchestrator.cli"]
+        cmd = [sys.executable, "-m", "orchestrator.app.cli"]
         cmd += _config_flags(self.config)
         return cmd + list(self.overrides) + [f"hydra.run.dir={self.dir}"]
 
@@ -171,7 +171,7 @@ def prepare_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequ
 # -------------------------------------------------------------------------------------------- GPUs
 def visible_gpu_ids(env: Optional[Dict[str, str]] = None) -> List[str]:
     """GPU ids this driver may hand out: ``CUDA_VISIBLE_DEVICES`` if set, else every GPU detected."""
-    from orchestrator.topology import detect_gpus
+    from orchestrator.config.devices import detect_gpus
 
     env = os.environ if env is None else env
     raw = env.get("CUDA_VISIBLE_DEVICES")

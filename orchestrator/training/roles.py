@@ -4,7 +4,7 @@ Under ``strategy=parameter_server`` only the chief trains (it is the coordinator
 ``tf.distribute.Server`` and block in ``join()`` until the backend stops them after the coordinator ended. An
 ``evaluator`` task, under any cluster strategy, is a sidecar: it evaluates each checkpoint the chief writes
 to ``RUN_DIR/eval_checkpoints`` and keeps its own metrics in ``RUN_DIR/evaluator/``.
-:func:`orchestrator.task.run_training` calls :func:`server_or_sidecar` first and hands such tasks here before
+:func:`orchestrator.training.task.run_training` calls :func:`server_or_sidecar` first and hands such tasks here before
 it builds any model.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from orchestrator.run_record import write_json
+from orchestrator.artifacts.run_record import write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def server_or_sidecar(cfg: Any, identity: Any) -> Optional[str]:
 
 def run_cluster_task(cfg: Any, run_dir: Path, identity: Any) -> Dict[str, Any]:
     """Run a ps/worker server or the evaluator sidecar; returns what the task recorded."""
-    from orchestrator.topology import apply_topology
+    from orchestrator.training.topology import apply_topology
     from strategies.tf_config import role_topology
 
     apply_topology(role_topology(cfg, identity.task_type))
@@ -66,7 +66,7 @@ def server_config(tf: Any, cfg: Any, workers: int) -> Any:
 
 def run_server(cfg: Any, identity: Any) -> Dict[str, Any]:
     """Serve this task's part of the cluster until the process is stopped."""
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -87,9 +87,9 @@ def run_evaluator(cfg: Any, run_dir: Path) -> Dict[str, Any]:
     Writes one line per evaluation to ``RUN_DIR/evaluator/evaluations.jsonl`` and the latest to
     ``RUN_DIR/evaluator/metrics.json``; stops after the checkpoint of the last epoch.
     """
-    from orchestrator.data import load_splits, make_dataset
-    from orchestrator.models import build_model
-    from orchestrator.tf_env import import_keras, import_tensorflow
+    from orchestrator.training.data import load_splits, make_dataset
+    from orchestrator.training.models import build_model
+    from orchestrator.runtime.tf_env import import_keras, import_tensorflow
 
     tf, keras = import_tensorflow(), import_keras()
     splits = load_splits(cfg.data)
@@ -211,7 +211,7 @@ def coordinator_result(cfg: Any, model: Any, splits: Any) -> Tuple[Any, Dict[str
 
     The copy is what gets evaluated and exported: a SavedModel that needs no cluster to be served.
     """
-    from orchestrator.models import build_model
+    from orchestrator.training.models import build_model
 
     devices = variable_devices(model)
     local = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
@@ -228,7 +228,7 @@ def save_as_non_chief(tf: Any, model: Any, cfg: Any, input_shape: Any, run_dir: 
     Saving under multi_worker_mirrored is a collective, so every worker saves; a non-chief writes to a
     temporary directory that is deleted at once — only the chief publishes the model version.
     """
-    from orchestrator.export import save_model
+    from orchestrator.artifacts.export import save_model
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{identity.task_type}-{identity.task_index}-", dir=run_dir))
     try:

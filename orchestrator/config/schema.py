@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from orchestrator.vertex.schema import VertexConfig, VertexDeployConfig
+from orchestrator.config.vertex import VertexConfig, VertexDeployConfig
 
-from orchestrator.serving.schema import ServingConfig, TfServingDeployConfig
+from orchestrator.config.serving import ServingConfig, TfServingDeployConfig
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -216,7 +216,7 @@ class QuantizationConfig:
     """TFLite conversion of the trained model: none | dynamic | float16 | int8 | qat.
 
     The converted file is published as ``<model_base>/<model_name>/<NNNN>.<mode>.tflite`` beside the
-    SavedModel version (see ``orchestrator.quantization``). ``qat`` trains the wrapped model for
+    SavedModel version (see ``orchestrator.artifacts.quantization``). ``qat`` trains the wrapped model for
     ``trainer.epochs``.
     """
 

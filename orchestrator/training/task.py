@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
-from orchestrator.run_record import provenance, write_json
+from orchestrator.artifacts.run_record import provenance, write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,15 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, s
 
     ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``.
     """
-    from orchestrator import cluster_task, deploy, quantization
-    from orchestrator.data import load_splits, make_dataset
-    from orchestrator.export import export_version
-    from orchestrator.models import build_model
-    from orchestrator.topology import configure_devices, describe_devices
-    from orchestrator.tf_env import import_keras
-    from orchestrator.validation import strategy_context
+    from orchestrator import deploy
+    from orchestrator.artifacts import quantization
+    from orchestrator.training import roles as cluster_task
+    from orchestrator.training.data import load_splits, make_dataset
+    from orchestrator.artifacts.export import export_version
+    from orchestrator.training.models import build_model
+    from orchestrator.training.topology import configure_devices, describe_devices
+    from orchestrator.runtime.tf_env import import_keras
+    from orchestrator.config.validation import strategy_context
     from strategies.tf_config import role_topology
     import strategies
 
@@ -231,7 +233,7 @@ def summary(metrics: Dict[str, Any]) -> str:
 
 def load_run_config(run_dir: Path) -> Any:
     """The resolved config a run was started with, typed by the experiment schema."""
-    from orchestrator.schema import ExperimentConfig
+    from orchestrator.config.schema import ExperimentConfig
 
     loaded = OmegaConf.load(Path(run_dir) / "config.resolved.yaml")
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), loaded)

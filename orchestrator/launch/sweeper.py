@@ -135,7 +135,7 @@ def epoch_key(tag: str) -> Optional[str]:
 def objective_from_files(job_dir: Path, tag: str) -> Optional[float]:
     """The last value of ``tag`` in the trial's TensorBoard event files, else in its reported metrics."""
     from tuners import read_reported_metrics, read_tb_scalar
-    from tuners.launchers import REPORTED_METRICS
+    from orchestrator.launch.hydra_launchers import REPORTED_METRICS
 
     try:
         values = read_tb_scalar(_tb_dir(job_dir), tag)
@@ -155,7 +155,7 @@ def _tb_dir(job_dir: Path) -> Path:
 def tags_found(metrics: Any, job_dir: Path) -> List[str]:
     """Every metric name a trial reported: return value paths, TensorBoard tags, report_metric tags."""
     from tuners import list_tb_tags, read_reported_metrics
-    from tuners.launchers import REPORTED_METRICS
+    from orchestrator.launch.hydra_launchers import REPORTED_METRICS
 
     found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
     found = [k for k in found if not k.startswith("history.")]
@@ -288,8 +288,8 @@ class StudySweeper(Sweeper):
         return list(arguments)
 
     def _compose_and_validate(self, overrides: List[str]) -> None:
-        from orchestrator.cli import translate_compose_error
-        from orchestrator.validation import validate
+        from orchestrator.config.compose import translate_compose_error
+        from orchestrator.config.validation import validate
 
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -319,13 +319,13 @@ class StudySweeper(Sweeper):
 
     # -- one batch ----------------------------------------------------------------------------------
     def _job_dir(self, overrides: List[str], trial_id: int) -> Path:
-        from tuners.launchers import prepare_job
+        from orchestrator.launch.hydra_launchers import prepare_job
 
         return prepare_job(self.hydra_context, self.config, overrides, trial_id).dir
 
     def _run_batch(self, study: Any, base: List[str], trials: List[Any]) -> Sequence[JobReturn]:
         from tuners import TunerError
-        from tuners.launchers import STOP_FILE
+        from orchestrator.launch.hydra_launchers import STOP_FILE
 
         overrides = [base + t.overrides() for t in trials]
         dirs = {t.id: self._job_dir(o, t.id) for t, o in zip(trials, overrides)}
@@ -363,7 +363,7 @@ class StudySweeper(Sweeper):
     def _measure(self, study: Any, trial_id: int, job_dir: Path, seen: set, final: bool = False) -> bool:
         """Feed new per-epoch values of the metric to the study; True if the trial should be stopped."""
         from tuners import TrialStatus, read_reported_metrics
-        from tuners.launchers import REPORTED_METRICS
+        from orchestrator.launch.hydra_launchers import REPORTED_METRICS
 
         if study.trial(trial_id).status is not TrialStatus.ACTIVE:
             return False

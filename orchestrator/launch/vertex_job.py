@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
-from orchestrator.backends.base import Backend
-from orchestrator.run_record import git_state, write_json
+from orchestrator.launch.base import Backend
+from orchestrator.artifacts.run_record import git_state, write_json
 
 
 class VertexBackend(Backend):

@@ -1,4 +1,4 @@
-"""Entry point of a Vertex tuning trial: ``python -m orchestrator.vertex.trial_main [overrides] --<param>=<value>...``.
+"""Entry point of a Vertex tuning trial: ``python -m orchestrator.app.vertex_trial [overrides] --<param>=<value>...``.
 
 Vertex passes the suggested parameters as ``--<parameterId>=<value>`` flags; ``--tfscale-param-key=<id>=<key>``
 flags (written into the trial job spec by tfscale) map each parameter to its Hydra override key. The trial
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Optional, Sequence
 
-KEY_FLAG = "--tfscale-param-key="
+from orchestrator.vertex.tuning import KEY_FLAG
 
 
 def to_overrides(argv: Sequence[str]) -> List[str]:
@@ -32,7 +32,7 @@ def to_overrides(argv: Sequence[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    from orchestrator.cli import main as cli_main
+    from orchestrator.app.cli import main as cli_main
 
     cli_main(to_overrides(sys.argv[1:] if argv is None else argv))
 

@@ -25,9 +25,9 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from orchestrator.backends.base import Backend
+from orchestrator.launch.base import Backend
 from orchestrator.errors import ConfigError, TaskFailedError
-from orchestrator.run_record import write_json
+from orchestrator.artifacts.run_record import write_json
 from strategies import tf_config
 from strategies.tf_config import TaskSpec
 
@@ -40,7 +40,7 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 def task_command(run_dir: Path) -> List[str]:
     """The command every task runs: the task entry point on the run directory."""
-    return [sys.executable, "-m", "orchestrator.task_main", str(Path(run_dir).resolve())]
+    return [sys.executable, "-m", "orchestrator.launch.task_main", str(Path(run_dir).resolve())]
 
 
 def task_environment(base: Dict[str, str], tf_config_json: str, attempt: int) -> Dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from orchestrator.backends.base import Backend
+from orchestrator.launch.base import Backend
 from orchestrator.errors import TaskFailedError
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ class LocalBackend(Backend):
     """One task on this machine.
 
     A plain ``tfscale`` run trains in the task process ``tfscale`` forked at start-up (see
-    :mod:`orchestrator.warm_task`). Otherwise the task runs in this process if TensorFlow has not been
+    :mod:`orchestrator.launch.warm_task`). Otherwise the task runs in this process if TensorFlow has not been
     imported yet (so the topology can still be applied); otherwise — e.g. the second job of a ``-m`` sweep — in a fresh child process, because a
     process's devices cannot change once TensorFlow initialised.
     """
@@ -29,7 +29,7 @@ class LocalBackend(Backend):
         return None
 
     def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
-        from orchestrator import warm_task
+        from orchestrator.launch import warm_task
 
         warm = warm_task.take()
         if warm is not None:
@@ -39,12 +39,12 @@ class LocalBackend(Backend):
             log.info("training in this process instead of the warm task process: %s", why)
             warm.discard()
         if "tensorflow" not in sys.modules:
-            from orchestrator.task import run_training
+            from orchestrator.training.task import run_training
 
             return run_training(cfg, run_dir, overrides=_overrides())
         log_path = run_dir / "task.log"
         with open(log_path, "w") as task_log:
-            proc = subprocess.run([sys.executable, "-m", "orchestrator.task_main", str(run_dir)], stdout=task_log,
+            proc = subprocess.run([sys.executable, "-m", "orchestrator.launch.task_main", str(run_dir)], stdout=task_log,
                                   stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             tail = log_path.read_text()[-2000:]

@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from orchestrator.errors import ConfigError, TaskFailedError
-from orchestrator.validation import data_format
+from orchestrator.config.data import data_format
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Splits:
 
 
 def _keras_dataset(name: str, cache_dir: Optional[str]):
-    from orchestrator.tf_env import import_keras
+    from orchestrator.runtime.tf_env import import_keras
 
     keras = import_keras()
     loader = getattr(keras.datasets, name)
@@ -69,7 +69,7 @@ def _keras_dataset(name: str, cache_dir: Optional[str]):
 
 def _read_bytes(path: str) -> bytes:
     if "://" in path:
-        from orchestrator.tf_env import import_tensorflow
+        from orchestrator.runtime.tf_env import import_tensorflow
 
         tf = import_tensorflow()
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -95,7 +95,7 @@ def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype="float32", ndmin=2)
         col = header.index(d.label_key)
         return np.delete(table, col, axis=1), table[:, col].astype("int64")
-    from orchestrator.tf_env import import_tensorflow
+    from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     shape = [int(s) for s in d.feature_shape]

@@ -4,7 +4,7 @@ Ray Train's TensorflowTrainer writes only ``worker`` roles into TF_CONFIG, so tf
 itself: every actor asks for its role's resources (optionally inside a placement group), reports its node
 IP and a free port there, and only then — with every address known — the full TF_CONFIG (chief, worker,
 ps; the evaluator beside the cluster) is built by :mod:`strategies.tf_config` and each actor starts
-``python -m orchestrator.task_main RUN_DIR`` with it. The task runs in its own process so that its
+``python -m orchestrator.launch.task_main RUN_DIR`` with it. The task runs in its own process so that its
 topology is applied before TensorFlow initialises; the actor relays its output, which the driver writes to
 ``RUN_DIR/tasks/<role>-<index>.log``. Supervision and restarts are :class:`ClusterBackend`'s.
 
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from orchestrator.backends.processes import (ClusterBackend, TaskHandle, _Echo, task_command, task_environment)
+from orchestrator.launch.processes import (ClusterBackend, TaskHandle, _Echo, task_command, task_environment)
 from orchestrator.errors import ConfigError, TaskFailedError
 from strategies import tf_config
 from strategies.tf_config import TaskSpec
@@ -42,7 +42,7 @@ class TaskActor:
         """``node_ip:port`` this task will listen on (a free port unless one is given)."""
         import ray
 
-        from orchestrator.backends.processes import free_port
+        from orchestrator.launch.processes import free_port
 
         ip = ray.util.get_node_ip_address()
         return f"{ip}:{port or free_port('0.0.0.0')}"
@@ -51,7 +51,7 @@ class TaskActor:
         import subprocess
         import tempfile
 
-        from orchestrator.backends.processes import _die_with_parent
+        from orchestrator.launch.processes import _die_with_parent
 
         fd, self.log_path = tempfile.mkstemp(prefix="tfscale-task-", suffix=".log")
         env = dict(os.environ)

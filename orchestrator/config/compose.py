@@ -1,0 +1,112 @@
+"""Composition of the experiment config with tfscale's error messages.
+
+Hydra and OmegaConf raise several unrelated exception types for a bad option, key or value; they are turned
+here into one :class:`ConfigError` naming the key, the value and the fix, with the closest valid name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from orchestrator.errors import ConfigError
+
+#: The config groups shipped with tfscale.
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _schema_keys(path: Sequence[str]) -> Optional[List[str]]:
+    """Field names of the schema node at ``path`` (e.g. ['trainer']), or None if not a dataclass node."""
+    from orchestrator.config.schema import ExperimentConfig
+
+    node: Any = ExperimentConfig
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return None
+        f = fields[part]
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.type
+        if isinstance(node, str):
+            import orchestrator.config.schema as schema_mod
+
+            node = getattr(schema_mod, node, None)
+        if node is not None and not isinstance(node, type) and dataclasses.is_dataclass(node):
+            node = type(node)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def _override_value(overrides: Sequence[str], key: str) -> Any:
+    for ov in overrides:
+        k, _, v = ov.lstrip("+~").partition("=")
+        if k == key:
+            return v
+    from orchestrator.errors import MISSING_VALUE
+
+    return MISSING_VALUE
+
+
+def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
+    """Turn a Hydra/OmegaConf composition error into a ConfigError naming key, value and fix."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(exc, MissingConfigException):
+        text = str(exc)
+        m = re.search(r"Could not find '([^']+)'", text)
+        missing = m.group(1) if m else (exc.missing_cfg_file or "?")
+        group, _, option = missing.rpartition("/")
+        options = [o for o in (exc.options or []) if o != "tfscale_schema"]
+        if group and options:
+            near = difflib.get_close_matches(option, options, n=1)
+            hint = f" Did you mean {group}={near[0]}?" if near else ""
+            return ConfigError(group, option, f"'{option}' is not an option of the '{group}' group. Choose one of: {', '.join(options)}.{hint}")
+        return ConfigError(missing, None, text.strip().replace("\n", " "))
+    cause: Optional[BaseException] = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        full_key = getattr(cause, "full_key", None) or ""
+        m = re.search(r"override '([^']+)'", str(exc))
+        if m and not full_key:
+            full_key = m.group(1)
+        value = _override_value(overrides, full_key)
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            parts = full_key.split(".")
+            keys = _schema_keys(parts[:-1]) if len(parts) > 1 else _schema_keys([])
+            where = ".".join(parts[:-1]) or "the root config"
+            if keys is not None:
+                near = difflib.get_close_matches(parts[-1], keys, n=1)
+                hint = f"Did you mean '{'.'.join(parts[:-1] + [near[0]])}'? " if near else ""
+                return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. {hint}Valid keys: {', '.join(keys)}.")
+            return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. Check the spelling; to add a new key to an untyped node use +{full_key}=...")
+        if isinstance(cause, ValidationError):
+            msg = str(cause).splitlines()[0]
+            return ConfigError(full_key, value, f"{msg}. Give a value of the type the schema declares (see `tfscale --cfg job`).")
+        return ConfigError(full_key or "config", value, str(cause).splitlines()[0])
+    return ConfigError("overrides", list(overrides), str(exc).strip().replace("\n", " "))
+
+
+def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_name: str = "config") -> Any:
+    """Compose the experiment config as ``tfscale`` would (raises ConfigError on composition errors)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from orchestrator.config.schema import register_configs
+
+    register_configs()
+    extra = list(overrides)
+    if config_dir:
+        extra.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=extra)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
+        raise translate_compose_error(exc, overrides) from exc
+    finally:
+        GlobalHydra.instance().clear()

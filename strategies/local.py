@@ -6,8 +6,6 @@ from typing import Any
 from orchestrator.errors import ConfigError
 from strategies.base import Strategy, StrategyContext, device_list
 
-CROSS_DEVICE_OPS = ("auto", "nccl", "hierarchical_copy", "reduce_to_one_device")
-
 
 def _known_device(ctx: StrategyContext, device: str) -> bool:
     kind, _, index = device.lower().lstrip("/").replace("device:", "").partition(":")
@@ -68,8 +66,6 @@ class MirroredStrategy(Strategy):
 
     def check(self, ctx: StrategyContext) -> None:
         s = ctx.cfg.strategy
-        if s.cross_device_ops not in CROSS_DEVICE_OPS:
-            raise ConfigError("strategy.cross_device_ops", s.cross_device_ops, f"Use one of: {', '.join(CROSS_DEVICE_OPS)}.")
         devices = self._devices(ctx)
         _check_devices(ctx, "strategy.devices", devices)
         if len(devices) < 2:

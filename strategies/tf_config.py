@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from orchestrator.errors import ConfigError
+from strategies.base import ClusterSettings, ExperimentSettings
 
 ROLES = ("chief", "worker", "ps", "evaluator")
 TRAINING_ROLES = ("chief", "worker", "ps")
-CLUSTER_STRATEGIES = ("multi_worker_mirrored", "parameter_server")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
 
@@ -84,7 +84,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def declared_hosts(cluster: Any) -> Dict[str, List[str]]:
+def declared_hosts(cluster: ClusterSettings) -> Dict[str, List[str]]:
     """Addresses declared per role: ``cluster.spec`` as is, plus any ``cluster.<role>.hosts`` lists."""
     hosts: Dict[str, List[str]] = {}
     spec = _plain(cluster.spec) or {}
@@ -97,12 +97,12 @@ def declared_hosts(cluster: Any) -> Dict[str, List[str]]:
     return hosts
 
 
-def role_counts(cluster: Any) -> Dict[str, int]:
+def role_counts(cluster: ClusterSettings) -> Dict[str, int]:
     """Number of tasks per role (evaluator included), from ``spec``, ``hosts`` or the role counts."""
     counts: Dict[str, int] = {}
     hosts = declared_hosts(cluster)
     for role in ROLES:
-        n = len(hosts[role]) if role in hosts else int(getattr(cluster, role).count)
+        n = len(hosts[role]) if role in hosts else getattr(cluster, role).count
         if n:
             counts[role] = n
     return counts
@@ -127,12 +127,12 @@ def cluster_from_env(environ: Optional[Mapping[str, str]] = None) -> Dict[str, i
     return counts
 
 
-def has_cluster(cluster: Any) -> bool:
+def has_cluster(cluster: ClusterSettings) -> bool:
     """Whether the config declares a cluster at all (``cluster=none`` declares no task)."""
     return bool(role_counts(cluster))
 
 
-def plan_tasks(cluster: Any) -> List[TaskSpec]:
+def plan_tasks(cluster: ClusterSettings) -> List[TaskSpec]:
     """Every task of the cluster in launch order (ps first, so workers find their servers up)."""
     hosts = declared_hosts(cluster)
     counts = role_counts(cluster)
@@ -142,18 +142,19 @@ def plan_tasks(cluster: Any) -> List[TaskSpec]:
         topology = _plain(node.topology)
         for i in range(counts.get(role, 0)):
             address = hosts[role][i] if role in hosts else None
-            tasks.append(TaskSpec(role=role, index=i, cpus=float(node.cpus), gpus=float(node.gpus),
+            tasks.append(TaskSpec(role=role, index=i, cpus=node.cpus, gpus=node.gpus,
                                   memory_mb=node.memory_mb, topology=topology, address=address))
     return tasks
 
 
 # ------------------------------------------------------------------------------------- validation
-def check_cluster(cfg: Any) -> Dict[str, int]:
-    """Check the ``cluster`` group on its own and against ``strategy``; return the role counts.
+def check_cluster(cfg: ExperimentSettings) -> Dict[str, int]:
+    """Check the ``cluster`` group on its own; return the role counts.
 
     Raises ConfigError on: unknown roles, spec and role counts both given, malformed or duplicate
     addresses, more than one chief or evaluator, an evaluator inside the training cluster, negative
-    resources, and role counts that do not fit the strategy.
+    resources and role topologies that do not merge. Whether the roles fit the strategy is the
+    strategy's own ``check``.
     """
     c = cfg.cluster
     spec = _plain(c.spec) or {}
@@ -200,7 +201,6 @@ def check_cluster(cfg: Any) -> Dict[str, int]:
         raise ConfigError("cluster.evaluator.count", counts["evaluator"], "TensorFlow runs a single evaluator task beside the cluster; set it to 0 or 1.")
     if counts and not (counts.get("chief", 0) + counts.get("worker", 0)):
         raise ConfigError("cluster.worker.count", 0, "The cluster has no training task: add workers (cluster.worker.count=2) or a chief.")
-    _check_strategy_fit(cfg, counts)
     for role in ROLES:
         topo = getattr(c, role).topology
         if counts.get(role) and topo:
@@ -208,33 +208,14 @@ def check_cluster(cfg: Any) -> Dict[str, int]:
     return counts
 
 
-def _check_strategy_fit(cfg: Any, counts: Dict[str, int]) -> None:
-    name = cfg.strategy.name
-    if not counts:
-        return
-    training = counts.get("chief", 0) + counts.get("worker", 0)
-    if name == "parameter_server":
-        if not counts.get("ps"):
-            raise ConfigError("cluster.ps.count", 0, "strategy=parameter_server needs at least one ps task to hold the variables; e.g. cluster=ps_2x1.")
-        if not counts.get("worker"):
-            raise ConfigError("cluster.worker.count", 0, "strategy=parameter_server needs at least one worker task to run steps; e.g. cluster=ps_2x1.")
-        if counts.get("chief") != 1:
-            raise ConfigError("cluster.chief.count", counts.get("chief", 0), "strategy=parameter_server runs its coordinator on the chief: set cluster.chief.count=1 (e.g. cluster=ps_2x1).")
-    elif name == "multi_worker_mirrored":
-        if counts.get("ps"):
-            raise ConfigError("cluster.ps.count", counts["ps"], "multi_worker_mirrored has no parameter servers; set cluster.ps.count=0 or use strategy=parameter_server.")
-    elif training + counts.get("ps", 0) > 1:
-        raise ConfigError("strategy.name", name,
-                          f"The cluster has {training + counts.get('ps', 0)} training tasks ({_describe(counts)}) but strategy={name} runs in one process. "
-                          "Use strategy=multi_worker_mirrored (or parameter_server with ps tasks), or cluster=none.")
-
-
-def _describe(counts: Mapping[str, int]) -> str:
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """``2 worker, 1 ps`` — role counts for messages."""
     return ", ".join(f"{n} {r}" for r, n in counts.items())
 
 
-def role_topology(cfg: Any, role: str) -> Any:
-    """The topology a task of ``role`` applies: the topology group with the role's overrides merged in."""
+def role_topology(cfg: ExperimentSettings, role: str) -> Any:
+    """The topology a task of ``role`` applies: the topology group with the role's overrides merged in
+    (a node of the same schema as ``cfg.topology``)."""
     overrides = getattr(cfg.cluster, role).topology if role in ROLES else None
     if not overrides:
         return cfg.topology
@@ -243,7 +224,7 @@ def role_topology(cfg: Any, role: str) -> Any:
     return OmegaConf.merge(cfg.topology, _plain(overrides))
 
 
-def check_role_topology(cfg: Any, role: str) -> Any:
+def check_role_topology(cfg: ExperimentSettings, role: str) -> Any:
     """The merged topology of ``role``; ConfigError naming ``cluster.<role>.topology`` if it does not merge."""
     try:
         return role_topology(cfg, role)
@@ -252,7 +233,7 @@ def check_role_topology(cfg: Any, role: str) -> Any:
                           f"{str(exc).splitlines()[0]}. Use keys of the topology group, e.g. {{cpu_devices: 2}}.") from None
 
 
-def check_local_hosts(cfg: Any, backend: str) -> None:
+def check_local_hosts(cfg: ExperimentSettings, backend: str) -> None:
     """A backend that launches on this machine can only bind loopback addresses."""
     for role, addresses in declared_hosts(cfg.cluster).items():
         for address in addresses:

@@ -1,7 +1,9 @@
-"""Conformance suite for designers, shipped so every implementation (here or in plugins) runs it.
+"""Conformance suites for designers and stopping rules, shipped so every implementation (here or in
+plugins) runs them.
 
-A test module subclasses :class:`BasicDesignerTestCase` and defines ``make(spec, seed)``; pytest collects
-the inherited ``test_*`` methods. Needs no pytest import itself.
+A test module subclasses :class:`BasicDesignerTestCase` and defines ``make(spec, seed)``, or
+:class:`BasicStoppingRuleTestCase` and defines ``make(goal, min_trials, min_steps)``; pytest collects the
+inherited ``test_*`` methods. Needs no pytest import itself.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 
 import numpy as np
 
-from tuners import Designer, ParameterType, StudySpec, Trial, TrialStatus
+from tuners import Designer, Goal, ParameterType, StoppingRule, StudySpec, Trial, TrialStatus
 from tuners.search_space import point_key
 
 MIXED = {
@@ -128,3 +130,82 @@ class BasicDesignerTestCase:
             designer.update([Trial(i, values, TrialStatus.COMPLETED, objective=float(i))], [])
         assert sorted(seen) == ["a", "b", "c"]
         assert designer.suggest(1) == []
+
+
+# ------------------------------------------------------------------------------------ stopping rules
+def curve(final: float, start: float, rate: float, steps: int, goal: Goal = Goal.MAXIMIZE) -> list[tuple[int, float]]:
+    """A learning curve rising from ``start`` towards ``final`` (mirrored into a falling loss for MINIMIZE)."""
+    values = [final - (final - start) * math.exp(-rate * s) for s in range(steps)]
+    return [(s, v if goal is Goal.MAXIMIZE else 1.0 - v) for s, v in enumerate(values)]
+
+
+def completed_curves(goal: Goal, n: int = 4, steps: int = 20) -> list[list[tuple[int, float]]]:
+    """``n`` finished trials that reached about 0.9 accuracy (0.1 loss), slightly different each."""
+    return [curve(0.9 - 0.01 * i, 0.5, 0.5, steps, goal) for i in range(n)]
+
+
+class BasicStoppingRuleTestCase:
+    """Behaviour every early stopping rule must show; subclasses set ``make(goal, min_trials, min_steps)``."""
+
+    #: False for a rule that by design never stops a trial (it must then never stop one).
+    stops_laggards = True
+
+    def make(self, goal: Goal, min_trials: int, min_steps: int) -> StoppingRule:
+        raise AssertionError("subclasses must define make()")
+
+    def laggard(self, goal: Goal, steps: int) -> list[tuple[int, float]]:
+        """A trial stuck at about 0.3 accuracy: clearly worse than every completed one."""
+        return curve(0.3, 0.1, 0.8, steps, goal)
+
+    def leader(self, goal: Goal, steps: int) -> list[tuple[int, float]]:
+        """A trial ahead of every completed one at each step."""
+        return curve(0.97, 0.6, 0.6, steps, goal)
+
+    def test_is_a_stopping_rule_that_keeps_its_settings(self):
+        rule = self.make(Goal.MINIMIZE, 3, 4)
+        assert isinstance(rule, StoppingRule)
+        assert rule.goal is Goal.MINIMIZE and rule.min_trials == 3 and rule.min_steps >= 4
+
+    def test_never_stops_before_its_minimum_steps(self):
+        for goal in Goal:
+            rule = self.make(goal, 2, 4)
+            completed = completed_curves(goal)
+            for steps in range(rule.min_steps):
+                decision = rule.should_stop(self.laggard(goal, steps), completed)
+                assert not decision, (goal, steps, decision.reason)
+                assert decision.reason
+
+    def test_never_stops_before_enough_trials_completed(self):
+        for goal in Goal:
+            rule = self.make(goal, 3, 2)
+            completed = completed_curves(goal, n=2) + [[]]  # a trial without measurements does not count
+            decision = rule.should_stop(self.laggard(goal, 8), completed)
+            assert not decision, (goal, decision.reason)
+            assert decision.reason
+
+    def test_stops_a_clearly_worse_trial(self):
+        for goal in Goal:
+            rule = self.make(goal, 3, 3)
+            decision = rule.should_stop(self.laggard(goal, 8), completed_curves(goal))
+            assert bool(decision) is self.stops_laggards, (goal, decision.reason)
+            assert isinstance(decision.reason, str) and decision.reason
+
+    def test_keeps_a_trial_ahead_of_the_completed_ones(self):
+        for goal in Goal:
+            rule = self.make(goal, 3, 3)
+            decision = rule.should_stop(self.leader(goal, 8), completed_curves(goal))
+            assert not decision, (goal, decision.reason)
+
+    def test_same_inputs_same_decision(self):
+        goal = Goal.MAXIMIZE
+        completed = completed_curves(goal)
+        current = self.laggard(goal, 8)
+        snapshot = ([list(c) for c in completed], list(current))
+        first = self.make(goal, 3, 3).should_stop(current, completed)
+        again = [self.make(goal, 3, 3).should_stop(current, completed) for _ in range(3)]
+        assert all((d.stop, d.reason) == (first.stop, first.reason) for d in again)
+        # Decided from the curves alone: neither their order nor an earlier call changes the answer,
+        # and the curves are left as they were.
+        shuffled = completed[::-1]
+        assert self.make(goal, 3, 3).should_stop(current, shuffled).stop == first.stop
+        assert ([list(c) for c in completed], list(current)) == snapshot

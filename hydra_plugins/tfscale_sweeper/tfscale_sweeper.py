@@ -1,11 +1,14 @@
-"""Plugin classes and their configs, delegating to :mod:`tuners`.
+"""Plugin classes and their configs, delegating to :mod:`orchestrator.launch`.
 
 Hydra imports every module under ``hydra_plugins`` on each ``tfscale`` call (a single run and ``--help``
 included), so this module imports only Hydra: the implementation (and numpy, scikit-learn, Ray behind it)
-is loaded when the plugin is instantiated for a ``-m`` study.
-"""
-from __future__ import annotations
+is loaded when the plugin is instantiated for a ``-m`` study. The classes are defined here only, and
+nothing else in ``hydra_plugins`` imports them: Hydra's scan lists every plugin class it finds as a member
+of a module it imports (and re-runs modules already imported), so a re-export would list each one twice.
 
+No ``from __future__ import annotations`` here: Hydra's scan executes this module before it is in
+``sys.modules``, where ``@dataclass`` cannot resolve string annotations.
+"""
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
@@ -20,20 +23,20 @@ _PREFIX = "hydra_plugins.tfscale_sweeper.tfscale_sweeper"
 
 
 @dataclass
-class TfscaleSweeperConf:
+class StudySweeperConf:
     """``hydra/sweeper=tfscale``: runs the study declared under the root ``study:`` key."""
 
-    _target_: str = f"{_PREFIX}.TfscaleSweeper"
+    _target_: str = f"{_PREFIX}.StudySweeper"
     store: Optional[str] = None  # study store: null = <hydra.sweep.dir>/study.db; a .db path or sqlite:/// URL
     poll_interval_s: float = 1.0  # how often running trials' per-epoch metrics are read
     plots: bool = True  # PNG plots in the results (matplotlib)
 
 
 @dataclass
-class TfscaleProcessesLauncherConf:
-    """``hydra/launcher=tfscale_processes``: each job a fresh ``tfscale`` process on this machine."""
+class ProcessesLauncherConf:
+    """``hydra/launcher=tfscale_processes``: each job a fresh process on this machine, running the task function."""
 
-    _target_: str = f"{_PREFIX}.TfscaleProcessesLauncher"
+    _target_: str = f"{_PREFIX}.ProcessesLauncher"
     max_parallel: Optional[int] = None  # jobs of a batch running at once; null = the whole batch
     gpus_per_trial: Optional[int] = None  # null = this machine's GPUs split evenly between parallel jobs
     stop_timeout_s: float = 10.0  # SIGTERM -> SIGKILL grace when a job is stopped
@@ -41,10 +44,10 @@ class TfscaleProcessesLauncherConf:
 
 
 @dataclass
-class TfscaleRayLauncherConf:
+class RayLauncherConf:
     """``hydra/launcher=tfscale_ray``: each job a fresh Ray worker process holding the job's resources."""
 
-    _target_: str = f"{_PREFIX}.TfscaleRayLauncher"
+    _target_: str = f"{_PREFIX}.RayLauncher"
     address: Optional[str] = None  # null = start a local Ray; "auto", "host:port", "ray://host:port"
     num_cpus: Optional[int] = None  # local Ray only: CPUs it offers (null = this machine's cores)
     cpus_per_trial: float = 1.0  # jobs whose own backend is ray reserve none: their actors do
@@ -52,20 +55,20 @@ class TfscaleRayLauncherConf:
     stop_timeout_s: float = 10.0
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="tfscale", node=TfscaleSweeperConf, provider="tfscale")
-ConfigStore.instance().store(group="hydra/launcher", name="tfscale_processes", node=TfscaleProcessesLauncherConf,
+ConfigStore.instance().store(group="hydra/sweeper", name="tfscale", node=StudySweeperConf, provider="tfscale")
+ConfigStore.instance().store(group="hydra/launcher", name="tfscale_processes", node=ProcessesLauncherConf,
                              provider="tfscale")
-ConfigStore.instance().store(group="hydra/launcher", name="tfscale_ray", node=TfscaleRayLauncherConf,
+ConfigStore.instance().store(group="hydra/launcher", name="tfscale_ray", node=RayLauncherConf,
                              provider="tfscale")
 
 
-class TfscaleSweeper(Sweeper):
+class StudySweeper(Sweeper):
     """Hydra entry point of :class:`orchestrator.launch.sweeper.StudySweeper`."""
 
     def __init__(self, **settings: Any) -> None:
-        from orchestrator.launch.sweeper import StudySweeper
+        from orchestrator.launch import sweeper
 
-        self._impl = StudySweeper(**settings)
+        self._impl = sweeper.StudySweeper(**settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -74,13 +77,13 @@ class TfscaleSweeper(Sweeper):
         return self._impl.sweep(arguments)
 
 
-class TfscaleProcessesLauncher(Launcher):
+class ProcessesLauncher(Launcher):
     """Hydra entry point of :class:`orchestrator.launch.hydra_launchers.ProcessesLauncher`."""
 
     def __init__(self, **settings: Any) -> None:
-        from orchestrator.launch.hydra_launchers import ProcessesLauncher
+        from orchestrator.launch import hydra_launchers
 
-        self._impl = ProcessesLauncher(**settings)
+        self._impl = hydra_launchers.ProcessesLauncher(**settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -89,13 +92,13 @@ class TfscaleProcessesLauncher(Launcher):
         return self._impl.launch(job_overrides, initial_job_idx)
 
 
-class TfscaleRayLauncher(Launcher):
+class RayLauncher(Launcher):
     """Hydra entry point of :class:`orchestrator.launch.hydra_launchers.RayLauncher`."""
 
     def __init__(self, **settings: Any) -> None:
-        from orchestrator.launch.hydra_launchers import RayLauncher
+        from orchestrator.launch import hydra_launchers
 
-        self._impl = RayLauncher(**settings)
+        self._impl = hydra_launchers.RayLauncher(**settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -10,18 +10,26 @@ TensorFlow and before a run directory or a model version exists.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
+from orchestrator.artifacts.redact import redact_message
 from orchestrator.config.compose import CONF_DIR, compose, translate_compose_error
 from orchestrator.errors import ConfigError, TfscaleError
+from orchestrator.launch.job_process import warm_start
+from orchestrator.runtime import supervisor
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 SUBCOMMANDS = {
     "inspect": "orchestrator.app.inspect:main",
     "serve": "orchestrator.serving.cli:main",
     "rollback": "orchestrator.serving.cli:rollback_main",
+    "data": "orchestrator.app.data_convert:main",
 }
 _VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package",
                 "--experimental-rerun"}
@@ -60,37 +68,58 @@ def preflight(argv: Sequence[str]) -> None:
         return
     from orchestrator.config.validation import validate
 
+    # Needed although hydra_task validates again: Hydra creates the run directory before it calls the task,
+    # and this config (composed without --config-path) is not necessarily the one Hydra composes.
     validate(cfg)
 
 
-def hydra_task(cfg: Any) -> Any:
+@warm_start  # a sweep job running it imports TensorFlow while it restores the job
+def hydra_task(cfg: ExperimentConfig, *, validated: bool = False) -> Any:
     """The Hydra task function: validate, pick the backend, run, print a summary.
 
-    Returns the chief's metrics, so sweepers read objectives from the return value.
+    Returns the chief's metrics, so sweepers read objectives from the return value. ``validated``: the
+    caller already validated this run's config (``run_single``, whose ``run_job`` hands the task a deep copy
+    of it without the ``hydra`` node), so it is not validated a second time. The run directory's
+    ``status.json`` says ``running`` from the start and how the run ended on every way out this process can
+    catch (a run killed with SIGKILL stays ``running`` with a dead pid).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from orchestrator import launch as backends
+    from orchestrator.artifacts.run_record import RunRecord
     from orchestrator.training.task import summary
     from orchestrator.config.validation import validate
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    record = RunRecord(run_dir)
+    record.redact_hydra_files()  # Hydra wrote its copies of the config and overrides before calling us
+    record.mark_running()
     try:
-        validate(cfg)
-        (run_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if not validated:
+            # A job of hydra.main or of a sweep. A study's driver validated it too, in another process; this
+            # is the process that trains, whose devices (e.g. the GPUs the launcher gave it) the plan checks.
+            validate(cfg)
+        record.write_config(cfg)
         if cfg.backend.name != "local":
             from orchestrator.launch import warm_task
 
             warm_task.release()  # this backend starts its own task processes
         metrics = backends.get(cfg.backend.name).run(cfg, run_dir)
     except TfscaleError as exc:
+        record.mark_failed(exc)
         if hc.mode == RunMode.MULTIRUN:
             raise
-        print(f"tfscale: error: {exc}", file=sys.stderr)
+        print(f"tfscale: error: {redact_message(exc)}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except (KeyboardInterrupt, SystemExit) as exc:
+        record.mark_interrupted(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None)
+        raise
+    except BaseException as exc:
+        record.mark_failed(exc)
+        raise
+    record.mark_completed()
     print(summary(metrics))
     print(f"tfscale: run record {run_dir}")
     return metrics
@@ -142,13 +171,14 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
             raise
         except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
             raise translate_compose_error(exc, overrides) from exc
-        validate(cfg)
+        validate(cfg)  # before run_job creates the run directory; hydra_task is told not to repeat it
         if cfg.hydra.mode is None:
             cfg.hydra.mode = RunMode.RUN
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name=config_name)
         ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                      task_function=hydra_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+                      task_function=functools.partial(hydra_task, validated=True), config=cfg,
+                      job_dir_key="hydra.run.dir", job_subdir_key=None)
         callbacks.on_run_end(config=cfg, config_name=config_name, job_return=ret)
         _ = ret.return_value  # re-raises what the task raised
     finally:
@@ -158,12 +188,16 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point of ``tfscale``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    supervisor.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: every child is stopped on the way out
     if argv and argv[0] in SUBCOMMANDS:
         try:
             sys.exit(_dispatch(argv[0], argv[1:]))
         except TfscaleError as exc:
-            print(f"tfscale {argv[0]}: error: {exc}", file=sys.stderr)
+            print(f"tfscale {argv[0]}: error: {redact_message(exc)}", file=sys.stderr)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            print(f"tfscale {argv[0]}: {supervisor.interruption(exc)}", file=sys.stderr)
+            sys.exit(supervisor.exit_code(exc))
     overrides, flags = split_args(argv)
     try:
         if not set(flags) - {"-cd", "--config-dir", "-cn", "--config-name"}:
@@ -174,20 +208,20 @@ def main(argv: Optional[List[str]] = None) -> None:
                        flags.get("-cn") or flags.get("--config-name") or "config")
             return
         preflight(argv)
+
+        import hydra
+
+        from orchestrator.config.schema import register_configs
+
+        register_configs()
+        sys.argv = [sys.argv[0] or "tfscale", *argv]
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
     except TfscaleError as exc:
-        print(f"tfscale: error: {exc}", file=sys.stderr)
+        print(f"tfscale: error: {redact_message(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("tfscale: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-    import hydra
-
-    from orchestrator.config.schema import register_configs
-
-    register_configs()
-    sys.argv = [sys.argv[0] or "tfscale", *argv]
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
+    except KeyboardInterrupt as exc:
+        print(f"tfscale: {supervisor.interruption(exc)}", file=sys.stderr)
+        sys.exit(supervisor.exit_code(exc))
 
 if __name__ == "__main__":
     main()

@@ -39,24 +39,25 @@ directory, saved with the same signature): a run that fails its gate leaves no n
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from orchestrator.artifacts import publish
 from orchestrator.errors import ConfigError, GateError
 
 if TYPE_CHECKING:  # numpy is imported where it runs: validation must stay light
     import numpy as np
 
+    from orchestrator.config.schema import ExperimentConfig
+
 log = logging.getLogger(__name__)
 
-from orchestrator.config.quantization import CALIBRATED_MODES, MODES
+from orchestrator.config.quantization import CALIBRATED_MODES
+from orchestrator.config.schema import QuantizationMode
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -69,7 +70,7 @@ def _import_tfmot():
     return tfmot
 
 
-def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
+def prepare_model(cfg: ExperimentConfig, model: Any, x_train: np.ndarray) -> Any:
     """Get the freshly built model ready for this quantization mode; call inside the strategy's scope.
 
     Checks that the training split yields calibration batches (int8, qat) and, for ``qat``, returns the
@@ -80,7 +81,7 @@ def prepare_model(cfg: Any, model: Any, x_train: np.ndarray) -> Any:
     if q.mode in CALIBRATED_MODES and len(x_train) == 0:
         raise ConfigError("quantization.mode", q.mode, "The training split is empty, so there is nothing to calibrate "
                           "int8 activation ranges on. Give data with training rows, or use quantization=dynamic or float16.")
-    if q.mode != "qat":
+    if q.mode != QuantizationMode.qat:
         return model
     from orchestrator.runtime.tf_env import import_keras
 
@@ -185,7 +186,7 @@ def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
     elif mode != "dynamic":
-        raise ConfigError("quantization.mode", mode, f"Use one of: {', '.join(MODES)}.")
+        raise ConfigError("quantization.mode", mode, f"Use one of: {', '.join(QuantizationMode.values())}.")
     return converter.convert()
 
 
@@ -228,6 +229,39 @@ LATENCY_EXAMPLES = 500
 LATENCY_REPEATS = 5
 
 
+class _TfliteRunner:
+    """One TFLite model in the LiteRT interpreter (one thread), run one example at a time."""
+
+    def __init__(self, content: bytes, output_name: str):
+        self.runner = _interpreter(content).get_signature_runner()
+        self.in_name, self.in_detail = next(iter(self.runner.get_input_details().items()))
+        self.out_details = self.runner.get_output_details()
+        self.out_name = output_name if output_name in self.out_details else next(iter(self.out_details))
+
+    def feeds(self, x: np.ndarray) -> List[np.ndarray]:
+        return [_quantize_input(x[i:i + 1], self.in_detail) for i in range(len(x))]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
+        preds = np.empty(len(x), dtype="int64")
+        for i, feed in enumerate(self.feeds(x)):
+            out = self.runner(**{self.in_name: feed})
+            preds[i] = int(np.argmax(_dequantize(out[self.out_name], self.out_details[self.out_name])[0]))
+        return preds
+
+    def latency_ms(self, x: np.ndarray) -> float:
+        """Mean milliseconds per example over ``x``, best of ``LATENCY_REPEATS`` passes (call after a first pass,
+        which paid the delegate's one-off preparation: XNNPACK repacks weights)."""
+        timed = self.feeds(x[:LATENCY_EXAMPLES])
+        best = float("inf")
+        for _ in range(LATENCY_REPEATS if timed else 0):
+            start = time.perf_counter()
+            for feed in timed:
+                self.runner(**{self.in_name: feed})
+            best = min(best, (time.perf_counter() - start) / len(timed))
+        return 1000.0 * best if timed else float("nan")
+
+
 def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name: str) -> TfliteResult:
     """Run the model one example at a time on one thread: accuracy and mean latency per example.
 
@@ -235,46 +269,42 @@ def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name
     passes: on a shared machine a pass that was preempted says nothing about the model.
     """
     import numpy as np
-    interp = _interpreter(content)
-    runner = interp.get_signature_runner()
-    in_name, in_detail = next(iter(runner.get_input_details().items()))
-    out_details = runner.get_output_details()
-    out_name = output_name if output_name in out_details else next(iter(out_details))
-    feeds = [_quantize_input(x[i:i + 1], in_detail) for i in range(len(x))]
-    preds = np.empty(len(x), dtype="int64")
-    for i, feed in enumerate(feeds):
-        out = runner(**{in_name: feed})
-        preds[i] = int(np.argmax(_dequantize(out[out_name], out_details[out_name])[0]))
-    # Timed after the pass above, which also paid the delegate's one-off preparation (XNNPACK repacks weights).
-    timed = feeds[:LATENCY_EXAMPLES]
-    best = float("inf")
-    for _ in range(LATENCY_REPEATS if timed else 0):
-        start = time.perf_counter()
-        for feed in timed:
-            runner(**{in_name: feed})
-        best = min(best, (time.perf_counter() - start) / len(timed))
+    run = _TfliteRunner(content, output_name)
+    preds = run.predict(x)
     return TfliteResult(bytes=len(content), accuracy=float(np.mean(preds == y)) if len(y) else float("nan"),
-                        latency_ms=1000.0 * best if timed else float("nan"), predictions=preds)
+                        latency_ms=run.latency_ms(x), predictions=preds)
 
 
-def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256) -> np.ndarray:
-    """Class predictions of the float SavedModel's ``serving_default`` signature."""
+def _float_predictor(saved_model_dir: Path, output_name: str, batch_size: int = 256):
+    """A function from rows to the float SavedModel's class predictions (``serving_default``)."""
     import numpy as np
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     fn = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     arg = next(iter(fn.structured_input_signature[1]))
-    out = [fn(**{arg: tf.constant(x[i:i + batch_size], tf.float32)})[output_name].numpy() for i in range(0, len(x), batch_size)]
-    return np.argmax(np.concatenate(out), axis=-1) if out else np.zeros(0, dtype="int64")
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        out = [fn(**{arg: tf.constant(x[i:i + batch_size], tf.float32)})[output_name].numpy() for i in range(0, len(x), batch_size)]
+        return np.argmax(np.concatenate(out), axis=-1) if out else np.zeros(0, dtype="int64")
+
+    return predict
 
 
-def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.ndarray, *, output_name: str,
+def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256) -> np.ndarray:
+    """Class predictions of the float SavedModel's ``serving_default`` signature."""
+    return _float_predictor(saved_model_dir, output_name, batch_size)(x)
+
+
+def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = None, y_test: Optional[np.ndarray] = None, *,
+            output_name: str, batches: Optional[Iterable[Tuple[np.ndarray, np.ndarray]]] = None,
             calibration: Optional[Sequence[np.ndarray]] = None, int8_io: bool = False, dense_per_channel: bool = False,
             float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None) -> Tuple[Dict[str, Any], bytes]:
     """Convert ``saved_model_dir`` with ``mode`` and measure it against the float model.
 
-    Returns the report recorded under ``quantization`` in metrics.json and the converted file's bytes.
+    The evaluation data is ``x_test``/``y_test``, or ``batches`` of ``(x, y)`` taken one at a time (a
+    streamed split: only counts are kept, so memory does not grow with it). Returns the report recorded
+    under ``quantization`` in metrics.json and the converted file's bytes.
     """
     import numpy as np
     baseline_bytes = float32_tflite or convert(saved_model_dir, "float32")
@@ -283,21 +313,37 @@ def compare(saved_model_dir: Path, mode: str, x_test: np.ndarray, y_test: np.nda
         keep_dir.mkdir(parents=True, exist_ok=True)
         (keep_dir / "float32.tflite").write_bytes(baseline_bytes)
         (keep_dir / f"{mode}.tflite").write_bytes(content)
-    ref = float_predictions(saved_model_dir, x_test, output_name=output_name)
-    base = evaluate_tflite(baseline_bytes, x_test, y_test, output_name=output_name)
-    quant = evaluate_tflite(content, x_test, y_test, output_name=output_name)
-    float_acc = float(np.mean(ref == y_test)) if len(y_test) else float("nan")
+    reference = _float_predictor(saved_model_dir, output_name)
+    base, quant = _TfliteRunner(baseline_bytes, output_name), _TfliteRunner(content, output_name)
+    n = float_right = base_right = quant_right = agree = 0
+    timing_rows: List[np.ndarray] = []
+    for x, y in (batches if batches is not None else [(x_test, y_test)]):
+        if not len(y):
+            continue
+        ref, q = reference(x), quant.predict(x)
+        n += len(y)
+        float_right += int(np.sum(ref == y))
+        quant_right += int(np.sum(q == y))
+        agree += int(np.sum(q == ref))
+        if sum(len(r) for r in timing_rows) < LATENCY_EXAMPLES:
+            timing_rows.append(np.asarray(x))
+    timing = np.concatenate(timing_rows)[:LATENCY_EXAMPLES] if timing_rows else np.zeros((0,))
+    base.predict(timing)  # its first pass, as the quantized file had one: both latencies are measured warm
+    base_ms, quant_ms = base.latency_ms(timing), quant.latency_ms(timing)
+    nan = float("nan")
+    float_acc = float_right / n if n else nan
+    quant_acc = quant_right / n if n else nan
     report = {
         "mode": mode,
         "int8_io": bool(int8_io) if mode in CALIBRATED_MODES else None,
         "calibration_batches": len(calibration) if mode in CALIBRATED_MODES and calibration else None,
-        "test_examples": int(len(y_test)),
-        "float": {"accuracy": float_acc, "tflite_bytes": base.bytes, "latency_ms": round(base.latency_ms, 5)},
-        "quantized": {"accuracy": quant.accuracy, "tflite_bytes": quant.bytes, "latency_ms": round(quant.latency_ms, 5)},
-        "size_ratio": round(quant.bytes / base.bytes, 4),
-        "agreement": float(np.mean(quant.predictions == ref)) if len(ref) else float("nan"),
-        "accuracy_drop": round(float_acc - quant.accuracy, 6),
-        "latency_ratio": round(quant.latency_ms / base.latency_ms, 4) if base.latency_ms else None,
+        "test_examples": int(n),
+        "float": {"accuracy": float_acc, "tflite_bytes": len(baseline_bytes), "latency_ms": round(base_ms, 5)},
+        "quantized": {"accuracy": quant_acc, "tflite_bytes": len(content), "latency_ms": round(quant_ms, 5)},
+        "size_ratio": round(len(content) / len(baseline_bytes), 4),
+        "agreement": agree / n if n else nan,
+        "accuracy_drop": round(float_acc - quant_acc, 6),
+        "latency_ratio": round(quant_ms / base_ms, 4) if base_ms else None,
     }
     return report, content
 
@@ -320,26 +366,6 @@ def tflite_path(version_dir: Path, mode: str) -> Path:
     return version_dir.parent / f"{version_dir.name}.{mode}.tflite"
 
 
-def publish_file(target: Path, content: bytes) -> Path:
-    """Write ``content`` to ``target`` atomically (hidden temporary sibling, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file private to its owner; a published model is read by servers and users.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 @dataclass
 class Conversion:
     """A converted model that passed its gate, waiting for the version it belongs to."""
@@ -350,20 +376,24 @@ class Conversion:
     def publish(self, version_dir: Optional[Path]) -> Dict[str, Any]:
         """Publish beside ``version_dir`` (None: export disabled, nothing published); return the report."""
         if version_dir is not None:
-            path = publish_file(tflite_path(version_dir, self.report["mode"]), self.content)
+            path = publish.publish_file(tflite_path(version_dir, self.report["mode"]), self.content)
             self.report["file"] = str(path)
             log.info("published %s", path)
         return self.report
 
 
-def convert_and_gate(cfg: Any, model: Any, splits: Any, run_dir: Path) -> Optional[Conversion]:
+def convert_and_gate(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path) -> Optional[Conversion]:
     """Convert the trained model per ``quantization``, evaluate it, print the table and apply the gate.
 
     Returns None for ``mode=none``. Raises GateError (after writing ``quantization/report.json`` in the
     run directory) when the accuracy drop exceeds ``quantization.max_accuracy_drop``.
+
+    ``splits`` is the run's data: ``input_shape``, ``calibration_rows(batches, batch_size, seed)``,
+    ``evaluation_batches()`` (``(x, y)`` batches) and ``evaluation_split`` (in-memory splits and streamed
+    sources of ``orchestrator.training`` both have them).
     """
     q = cfg.quantization
-    if q.mode == "none":
+    if q.mode == QuantizationMode.none:
         return None
     from orchestrator.artifacts.export import save_model
     from orchestrator.runtime.tf_env import import_tensorflow
@@ -372,24 +402,27 @@ def convert_and_gate(cfg: Any, model: Any, splits: Any, run_dir: Path) -> Option
     work = Path(run_dir) / "quantization"
     staging = work / "saved_model"
     save_model(tf, local_copy(model, q.mode), staging, splits.input_shape, cfg.export.input_name, cfg.export.output_name)
-    calib = calibration_batches(splits.x_train, int(q.calibration_batches), int(q.calibration_batch_size),
-                                seed=int(cfg.trainer.seed)) if q.mode in CALIBRATED_MODES else None
+    # The data answers both (in-memory Splits, or a streamed source: rows from the first batches of its
+    # training stream, evaluation batch by batch over its test or validation files).
+    calib = splits.calibration_rows(int(q.calibration_batches), int(q.calibration_batch_size),
+                                    seed=cfg.trainer.seed) if q.mode in CALIBRATED_MODES else None
     if calib is not None and len(calib) < q.calibration_batches:
-        log.warning("the training split holds %d rows: calibrating on %d batches instead of quantization.calibration_batches=%d",
-                    len(splits.x_train), len(calib), q.calibration_batches)
-    report, content = compare(staging, q.mode, splits.x_test, splits.y_test, output_name=cfg.export.output_name,
+        log.warning("the training split yields %d calibration batches, fewer than quantization.calibration_batches=%d",
+                    len(calib), q.calibration_batches)
+    report, content = compare(staging, q.mode, batches=splits.evaluation_batches(), output_name=cfg.export.output_name,
                      calibration=calib, int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel), keep_dir=work)
+    report["evaluated_on"] = splits.evaluation_split
     report["max_accuracy_drop"] = q.max_accuracy_drop
     report["file"] = None
     shutil.rmtree(staging, ignore_errors=True)
-    (work / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"tfscale: quantization={q.mode} on {report['test_examples']} test examples\n{format_table(report)}")
+    publish.write_json(work / "report.json", report)
+    print(f"tfscale: quantization={q.mode} on {report['test_examples']} {splits.evaluation_split} examples\n{format_table(report)}")
     if q.max_accuracy_drop is not None and report["accuracy_drop"] > q.max_accuracy_drop:
         raise GateError(
             f"quantization={q.mode} lost {report['accuracy_drop'] * 100:.2f} accuracy points "
             f"({report['float']['accuracy']:.4f} -> {report['quantized']['accuracy']:.4f}), more than "
             f"quantization.max_accuracy_drop={q.max_accuracy_drop} allows; nothing was published. "
             + ("Raise quantization.calibration_batches, set quantization.int8_io=false, or try quantization=qat"
-               if q.mode == "int8" else "Try a milder mode (float16, dynamic) or quantization=qat")
+               if q.mode == QuantizationMode.int8 else "Try a milder mode (float16, dynamic) or quantization=qat")
             + f", or relax the gate. Measurements: {work / 'report.json'}")
     return Conversion(report, content)

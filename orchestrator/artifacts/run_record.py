@@ -1,51 +1,274 @@
-"""The run record: what a run was (config, overrides, provenance) and what it produced (metrics, artifacts).
+"""The run record: what a run was (config, overrides, provenance), how it ended, and what it produced.
 
-Everything a run writes can be traced back to its config and commit: ``provenance.json`` holds the git
-SHA and dirty flag of the directory tfscale ran from, package versions, the topology as applied and the
-TF_CONFIG; each published model version carries the same record in ``assets.extra/tfscale.json``.
+This module is the only writer of a run directory's record files; every write goes through the publisher
+(atomic, readable by others) and through the redaction rule (:mod:`orchestrator.artifacts.redact`):
+
+- ``config.resolved.yaml``: the resolved config the run (and every task process) starts from;
+- ``.hydra/config.yaml``, ``overrides.yaml``, ``hydra.yaml``: Hydra's copies, rewritten redacted;
+- ``provenance.json``: the git SHA and dirty flag of the directory tfscale ran from, package versions,
+  the topology as applied and the TF_CONFIG (each model version carries the same in
+  ``assets.extra/tfscale.json``);
+- ``metrics.json``: the chief's results; a backend adds its facts with :meth:`RunRecord.add_facts`;
+- ``epochs.jsonl``: one line per epoch; ``evaluator/``: the sidecar evaluator's results;
+- ``status.json``: ``running`` (with pid and host) from the start, then ``completed``, ``failed`` (with the
+  error line) or ``interrupted``. A run killed where nothing can be caught (SIGKILL, out of memory) stays
+  ``running`` with a dead pid; :meth:`RunRecord.state` reads that as :attr:`RunState.KILLED`.
+
+Because ``config.resolved.yaml`` is redacted, a secret given as an override never reaches task processes
+either: secrets come from their environment, which task processes inherit.
 """
 from __future__ import annotations
 
+import enum
+import fcntl
 import json
 import os
 import platform
-import re
 import socket
-import subprocess
 import sys
-import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+from orchestrator.artifacts import publish
+from orchestrator.artifacts.redact import redact, redact_args, redact_message  # noqa: F401  (redact_args: public here too)
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 PACKAGES = ("tfscale", "tensorflow", "tf-keras", "hydra-core", "omegaconf", "numpy", "scikit-learn",
             "ray", "optuna", "tensorflow-serving-api", "ai-edge-litert", "tensorflow-model-optimization",
             "google-cloud-aiplatform")
 
+CONFIG_FILE = "config.resolved.yaml"
+PROVENANCE_FILE = "provenance.json"
+METRICS_FILE = "metrics.json"
+EPOCHS_FILE = "epochs.jsonl"
+STATUS_FILE = "status.json"
+EVALUATOR_DIR = "evaluator"
+EVALUATIONS_FILE = "evaluations.jsonl"
+HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename), so readers never see half a file."""
+
+class RunState(str, enum.Enum):
+    """How a run stands, as ``status.json`` records it (KILLED is only ever read, never written)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    KILLED = "killed"  # recorded RUNNING, but its process is gone: SIGKILL, out of memory, power loss
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _process_start(pid: int) -> Optional[int]:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: Optional[int]) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    return start is None or _process_start(pid) in (None, start)
+
+
+class RunRecord:
+    """Writer (and reader) of the record files of the run directory ``run_dir``."""
+
+    def __init__(self, run_dir: Any):
+        self.run_dir = Path(run_dir)
+        self._status: Optional[Dict[str, Any]] = None  # what mark_running wrote, kept for the end state
+
+    # -------------------------------------------------------------------------------- what the run was
+    def write_config(self, cfg: ExperimentConfig) -> Path:
+        """``config.resolved.yaml``: ``cfg`` resolved and redacted."""
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
+        return publish.write_text(self.run_dir / CONFIG_FILE, _yaml_text(redact(data)))
+
+    def redact_hydra_files(self) -> None:
+        """Rewrite Hydra's copies in ``.hydra/`` redacted (only those holding a secret are touched)."""
+        import yaml
+
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        for name in HYDRA_FILES:
+            path = self.run_dir / ".hydra" / name
+            try:
+                data = yaml.load(path.read_text(), Loader=loader)
+            except (OSError, yaml.YAMLError):
+                continue
+            clean = redact(data)
+            if clean != data:
+                publish.write_text(path, _yaml_text(clean))
+
+    def write_provenance(self, record: Dict[str, Any]) -> Path:
+        """``provenance.json`` (see :func:`provenance`)."""
+        return publish.write_json(self.run_dir / PROVENANCE_FILE, redact(record))
+
+    # -------------------------------------------------------------------------------- what it produced
+    def write_metrics(self, metrics: Dict[str, Any]) -> Path:
+        """``metrics.json``: the chief's results, replacing any earlier ones."""
+        with self._locked():
+            return publish.write_json(self.run_dir / METRICS_FILE, redact(metrics))
+
+    def add_facts(self, facts: Dict[str, Any]) -> Dict[str, Any]:
+        """Merge ``facts`` (top-level keys) into ``metrics.json`` under a lock; return the merged metrics.
+
+        Backends use this to add what only they know (restarts, tasks, the Vertex job) to what the chief
+        wrote, without a second writer of the file.
+        """
+        path = self.run_dir / METRICS_FILE
+        with self._locked():
+            try:
+                metrics = json.loads(path.read_text())
+            except FileNotFoundError:
+                metrics = {}
+            metrics.update(redact(facts))
+            publish.write_json(path, metrics)
+        return metrics
+
+    def metrics(self) -> Optional[Dict[str, Any]]:
+        """The metrics written so far, or None."""
+        try:
+            return json.loads((self.run_dir / METRICS_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def append_epoch(self, entry: Dict[str, Any]) -> None:
+        """Add one epoch's line to ``epochs.jsonl`` (read live by studies for early stopping)."""
+        _append_line(self.run_dir / EPOCHS_FILE, entry)
+
+    def record_evaluation(self, entry: Dict[str, Any], summary: Dict[str, Any]) -> None:
+        """The sidecar evaluator's result: a line in ``evaluator/evaluations.jsonl``, ``summary`` as its metrics.json."""
+        out = self.run_dir / EVALUATOR_DIR
+        _append_line(out / EVALUATIONS_FILE, entry)
+        publish.write_json(out / METRICS_FILE, redact(summary))
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Another JSON file of the record (``vertex.json``...), redacted."""
+        return publish.write_json(self.run_dir / name, redact(obj))
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Another text file of the record (e.g. the gcloud YAML), redacted as text."""
+        return publish.write_text(self.run_dir / name, redact(text))
+
+    # -------------------------------------------------------------------------------- how it ended
+    def mark_running(self) -> None:
+        """``status.json`` = running, with this process's pid and host."""
+        pid = os.getpid()
+        self._status = {"state": RunState.RUNNING.value, "pid": pid, "pid_start": _process_start(pid),
+                        "host": socket.gethostname(), "started": _now()}
+        publish.write_json(self.run_dir / STATUS_FILE, self._status)
+
+    def mark_completed(self) -> None:
+        """The run finished and recorded its results."""
+        self._mark(RunState.COMPLETED)
+
+    def mark_failed(self, error: BaseException) -> None:
+        """The run failed; the first line of the error is kept (redacted)."""
+        line = (redact_message(error).strip().splitlines() or [""])[0]
+        self._mark(RunState.FAILED, error=f"{type(error).__name__}: {line}" if line else type(error).__name__)
+
+    def mark_interrupted(self, exit_code: Optional[int] = None) -> None:
+        """The run was stopped (Ctrl-C, SIGTERM, SystemExit) before it finished."""
+        self._mark(RunState.INTERRUPTED, exit_code=exit_code)
+
+    def _mark(self, state: RunState, **extra: Any) -> None:
+        status = dict(self._status or self.status() or {})
+        status.update({"state": state.value, "ended": _now()}, **{k: v for k, v in extra.items() if v is not None})
+        try:
+            publish.write_json(self.run_dir / STATUS_FILE, status)
+        except OSError:  # never hide the run's own outcome behind a failure to record it
+            pass
+
+    def status(self) -> Optional[Dict[str, Any]]:
+        """``status.json`` as written, or None for a run without one."""
+        try:
+            return json.loads((self.run_dir / STATUS_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def state(self) -> Optional[RunState]:
+        """The run's state; a ``running`` run whose process is gone on this host reads as KILLED."""
+        status = self.status()
+        if status is None:
+            return None
+        state = RunState(status["state"])
+        if state is RunState.RUNNING and status.get("host") == socket.gethostname() and status.get("pid"):
+            if not _alive(int(status["pid"]), status.get("pid_start")):
+                return RunState.KILLED
+        return state
+
+    def _locked(self):
+        return _DirLock(self.run_dir)
+
+
+class _DirLock:
+    """An exclusive flock on the run directory itself (no lock file left behind)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __enter__(self) -> "_DirLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def _yaml_text(data: Any) -> str:
+    """Block-style YAML in the mapping's own order (libyaml's dumper when present: a tenth of OmegaConf's time)."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def _append_line(path: Path, entry: Dict[str, Any]) -> None:
+    """One JSON line, appended with a single write so concurrent readers never see half a line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    data = (json.dumps(redact(entry), default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, publish.FILE_MODE)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def git_state(cwd: Optional[Path] = None) -> Dict[str, Any]:
     """SHA, branch and dirty flag of the git checkout containing ``cwd`` (``{}`` outside git)."""
+    from orchestrator.runtime import supervisor
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return supervisor.run(["git", *args], cwd=cwd, timeout=10, check=True).stdout.strip()
 
     try:
         sha = git("rev-parse", "HEAD")
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, supervisor.SubprocessError):
         return {}
     try:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
         branch = git("rev-parse", "--abbrev-ref", "HEAD")
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, supervisor.SubprocessError):
         dirty, branch = None, None
     return {"sha": sha, "dirty": dirty, "branch": branch}
 
@@ -61,23 +284,7 @@ def package_versions() -> Dict[str, str]:
     return found
 
 
-_SECRET_KEY = re.compile(r"(secret|token|password|passwd|private_key|credential|api_key|access_key)", re.IGNORECASE)
-
-
-def redact_args(args: Any) -> list:
-    """Command-line words with the value of any secret-looking ``key=value`` replaced by ``<redacted>``.
-
-    Credentials belong in Application Default Credentials, never on a command line; if one is given there
-    anyway, the run record must not keep it.
-    """
-    out = []
-    for arg in args or []:
-        key, eq, _ = str(arg).partition("=")
-        out.append(f"{key}=<redacted>" if eq and _SECRET_KEY.search(key) else arg)
-    return out
-
-
-def provenance(cfg: Any, *, topology: Optional[Dict[str, Any]] = None, overrides: Optional[list] = None) -> Dict[str, Any]:
+def provenance(cfg: ExperimentConfig, *, topology: Optional[Dict[str, Any]] = None, overrides: Optional[list] = None) -> Dict[str, Any]:
     """Where and from what a run came: commit, packages, interpreter, host, topology, TF_CONFIG, seed."""
     tf_config = os.environ.get("TF_CONFIG")
     return {

@@ -37,6 +37,24 @@ def _schema_keys(path: Sequence[str]) -> Optional[List[str]]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
 
 
+def _schema_choices(path: Sequence[str]) -> Optional[List[str]]:
+    """The valid values of the field at ``path`` if the schema declares it a :class:`Choice` enum, else None."""
+    import typing
+
+    from orchestrator.config.schema import Choice, ExperimentConfig
+
+    node: Any = ExperimentConfig
+    for part in path:
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return None
+        hint = typing.get_type_hints(node).get(part)
+        if hint is None:
+            return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        node = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint  # Optional[X] -> X
+    return node.values() if isinstance(node, type) and issubclass(node, Choice) else None
+
+
 def _override_value(overrides: Sequence[str], key: str) -> Any:
     for ov in overrides:
         k, _, v = ov.lstrip("+~").partition("=")
@@ -52,6 +70,8 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
     from hydra.errors import MissingConfigException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+    from orchestrator.errors import MISSING_VALUE
+
     if isinstance(exc, MissingConfigException):
         text = str(exc)
         m = re.search(r"Could not find '([^']+)'", text)
@@ -65,7 +85,7 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
         return ConfigError(missing, None, text.strip().replace("\n", " "))
     cause: Optional[BaseException] = exc
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
+        cause = cause.__cause__ or cause.__context__  # Hydra re-raises some OmegaConf errors without "from"
     if isinstance(cause, OmegaConfBaseException):
         full_key = getattr(cause, "full_key", None) or ""
         m = re.search(r"override '([^']+)'", str(exc))
@@ -82,6 +102,13 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
                 return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. {hint}Valid keys: {', '.join(keys)}.")
             return ConfigError(full_key, value, f"'{parts[-1]}' is not a key of {where}. Check the spelling; to add a new key to an untyped node use +{full_key}=...")
         if isinstance(cause, ValidationError):
+            choices = _schema_choices(full_key.split("."))
+            if choices is not None:  # a Choice enum field: list its values, not OmegaConf's wording
+                if value is MISSING_VALUE:
+                    value = getattr(cause, "value", value)
+                near = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f" Did you mean {full_key}={near[0]}?" if near else ""
+                return ConfigError(full_key, value, f"Use one of: {', '.join(choices)}.{hint}")
             msg = str(cause).splitlines()[0]
             return ConfigError(full_key, value, f"{msg}. Give a value of the type the schema declares (see `tfscale --cfg job`).")
         return ConfigError(full_key or "config", value, str(cause).splitlines()[0])

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
+from orchestrator.config.schema import OnMissingGpu, TopologyConfig
 from orchestrator.errors import ConfigError
 from strategies.devices import DevicePlan
-
-ON_MISSING_GPU = ("error", "cpu_fallback")
 
 
 def detect_gpus() -> int:
@@ -35,15 +34,13 @@ def _visible_from_env(total: int, env: Mapping[str, str]) -> int:
     return min(len(ids), total)
 
 
-def plan_devices(topo: Any, env: Optional[Mapping[str, str]] = None, gpus_on_machine: Optional[int] = None) -> DevicePlan:
+def plan_devices(topo: TopologyConfig, env: Optional[Mapping[str, str]] = None, gpus_on_machine: Optional[int] = None) -> DevicePlan:
     """Check the topology against this machine and return the devices the task will have.
 
     Raises :class:`ConfigError` for values out of range and for GPUs that are not there (unless
     ``on_missing_gpu: cpu_fallback``, which is recorded in the plan and logged when applied).
     """
     env = os.environ if env is None else env
-    if topo.on_missing_gpu not in ON_MISSING_GPU:
-        raise ConfigError("topology.on_missing_gpu", topo.on_missing_gpu, f"Use one of: {', '.join(ON_MISSING_GPU)}.")
     if topo.cpu_devices < 1:
         raise ConfigError("topology.cpu_devices", topo.cpu_devices, "It must be >= 1 (1 = no split); e.g. topology=cpu_x2.")
     if topo.virtual_gpus < 1:
@@ -65,7 +62,7 @@ def plan_devices(topo: Any, env: Optional[Mapping[str, str]] = None, gpus_on_mac
     notes: List[str] = []
     if gpu_ids is not None:
         missing = [g for g in gpu_ids if g >= total]
-        if missing and topo.on_missing_gpu == "error":
+        if missing and topo.on_missing_gpu == OnMissingGpu.error:
             what = f"this machine has {total} GPU(s)" if total else "this machine has no GPU"
             raise ConfigError("topology.gpus", gpu_ids, f"{what}, so GPU(s) {missing} do not exist. Pick indices below {total}, use topology=cpu, or set topology.on_missing_gpu=cpu_fallback to run on the CPU.")
         visible = len([g for g in gpu_ids if g < total])
@@ -73,7 +70,7 @@ def plan_devices(topo: Any, env: Optional[Mapping[str, str]] = None, gpus_on_mac
         visible = _visible_from_env(total, env)
     fallback = False
     if wants_gpu and visible == 0:
-        if topo.on_missing_gpu == "error":
+        if topo.on_missing_gpu == OnMissingGpu.error:
             key, value = ("topology.gpu_memory_limit_mb", topo.gpu_memory_limit_mb) if topo.gpu_memory_limit_mb is not None else ("topology.virtual_gpus", topo.virtual_gpus)
             if gpu_ids:
                 key, value = "topology.gpus", gpu_ids
@@ -85,4 +82,4 @@ def plan_devices(topo: Any, env: Optional[Mapping[str, str]] = None, gpus_on_mac
                       gpu_fallback=fallback, notes=tuple(notes))
 
 
-__all__ = ["DevicePlan", "ON_MISSING_GPU", "detect_gpus", "plan_devices"]
+__all__ = ["DevicePlan", "detect_gpus", "plan_devices"]

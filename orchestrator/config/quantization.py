@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Optional
 
+from orchestrator.config.schema import DataConfig, DataName, ExperimentConfig, MixedPrecision, QuantizationMode
 from orchestrator.errors import ConfigError
 
-MODES = ("none", "dynamic", "float16", "int8", "qat")
-CALIBRATED_MODES = ("int8", "qat")
+#: Modes that calibrate activation ranges on batches of the training split.
+CALIBRATED_MODES = frozenset({QuantizationMode.int8, QuantizationMode.qat})
 
 # tf_keras layer classes the toolkit's default 8-bit scheme can wrap (its Default8BitQuantizeRegistry),
 # plus Rescaling, which tfscale puts in front of every model and annotates itself. Checking declared
@@ -27,12 +28,13 @@ QAT_LAYERS = frozenset({
 })
 
 # Training-set sizes of the built-in datasets before splitting (the Keras datasets bring their own test set).
-_DATASET_ROWS = {"digits": 1797, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
-_OWN_TEST_SET = {"mnist", "fashion_mnist", "cifar10"}
+_DATASET_ROWS = {DataName.digits: 1797, DataName.mnist: 60000, DataName.fashion_mnist: 60000, DataName.cifar10: 50000}
+# Streamed sources bring their own test files (or evaluate on their validation files).
+_OWN_TEST_SET = frozenset({DataName.mnist, DataName.fashion_mnist, DataName.cifar10, DataName.tfrecord, DataName.csv_shards})
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _count_file_rows(d: Any) -> Optional[int]:
+def _count_file_rows(d: DataConfig) -> Optional[int]:
     """Examples in a local ``data=files`` npz/csv file, or None when that is not cheap to know."""
     import numpy as np
     from orchestrator.config.data import data_format
@@ -49,21 +51,21 @@ def _count_file_rows(d: Any) -> Optional[int]:
     return None
 
 
-def expected_train_rows(d: Any) -> Optional[int]:
+def expected_train_rows(d: DataConfig) -> Optional[int]:
     """Rows the training split will hold, computed the way ``data.load_splits`` splits; None if unknown."""
-    n = _DATASET_ROWS.get(d.name) if d.name != "files" else _count_file_rows(d)
+    n = _DATASET_ROWS.get(d.name) if d.name != DataName.files else _count_file_rows(d)
     if n is None:
         return None
     if d.limit:
-        n = min(n, int(d.limit))
-    test = 0.0 if d.name in _OWN_TEST_SET else float(d.test_split)
+        n = min(n, d.limit)
+    test = 0.0 if d.name in _OWN_TEST_SET else d.test_split
     rest = n - (math.ceil(test * n) if test > 0 else 0)
     if d.validation_split > 0 and rest > 0:
         rest -= math.ceil(d.validation_split / (1.0 - test) * rest)
     return max(0, rest)
 
 
-def _check_qat_layers(cfg: Any) -> None:
+def _check_qat_layers(cfg: ExperimentConfig) -> None:
     m = cfg.model
     if m.builder:
         return  # a builder's layers are known only once it runs; prepare_model checks them before training
@@ -78,16 +80,17 @@ def _check_qat_layers(cfg: Any) -> None:
                 f"or use post-training quantization instead: quantization=int8.")
 
 
-def check(cfg: Any) -> None:
-    """Validate the ``quantization`` group against the rest of the experiment (no TensorFlow imported)."""
+def check(cfg: ExperimentConfig) -> None:
+    """Validate the ``quantization`` group against the rest of the experiment (no TensorFlow imported).
+
+    ``quantization.mode`` itself is a :class:`QuantizationMode`, checked when the config is composed.
+    """
     q = cfg.quantization
-    if q.mode not in MODES:
-        raise ConfigError("quantization.mode", q.mode, f"Use one of: {', '.join(MODES)} (e.g. quantization=int8).")
     if q.max_accuracy_drop is not None and not 0.0 <= q.max_accuracy_drop < 1.0:
         raise ConfigError("quantization.max_accuracy_drop", q.max_accuracy_drop,
                           "It is the accuracy (0..1 scale) the converted model may lose: use a value in [0, 1), "
                           "e.g. 0.005 for half a point, or null for no gate.")
-    if q.mode == "none":
+    if q.mode == QuantizationMode.none:
         return
     if cfg.data.test_split <= 0 and cfg.data.name not in _OWN_TEST_SET:
         raise ConfigError("data.test_split", cfg.data.test_split,
@@ -103,14 +106,14 @@ def check(cfg: Any) -> None:
                               "Use at least 1 example per calibration batch.")
         rows = expected_train_rows(cfg.data)
         if rows == 0:
-            key = "data.path" if cfg.data.name == "files" else "data.validation_split"
-            value = cfg.data.path if cfg.data.name == "files" else cfg.data.validation_split
+            key = "data.path" if cfg.data.name == DataName.files else "data.validation_split"
+            value = cfg.data.path if cfg.data.name == DataName.files else cfg.data.validation_split
             raise ConfigError(key, value,
                               f"quantization={q.mode} draws its calibration batches from the training split, and this data "
                               "config leaves no training rows. Give data with examples in it, lower data.validation_split / "
                               "data.test_split or raise data.limit; or use quantization=dynamic or float16, which need no calibration.")
-    if q.mode == "qat":
-        if cfg.trainer.mixed_precision != "none":
+    if q.mode == QuantizationMode.qat:
+        if cfg.trainer.mixed_precision != MixedPrecision.none:
             raise ConfigError("trainer.mixed_precision", cfg.trainer.mixed_precision,
                               "quantization=qat trains with float32 fake-quantization ops: set trainer.mixed_precision=none.")
         _check_qat_layers(cfg)

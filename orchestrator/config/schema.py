@@ -4,12 +4,18 @@ Each group of ``conf/`` has one dataclass here; every option YAML of that group 
 unknown key or a wrongly typed value fails at compose time. This module must stay importable without
 TensorFlow, Ray or the Vertex SDK: ``tfscale --help``, ``--cfg job`` and every config error go through it.
 
+Every closed choice (a strategy, a quantization mode, a backend, ...) is a :class:`Choice` enum, so a value
+outside it fails at composition with the list of valid ones, while YAML, overrides, comparisons with plain
+strings and everything written out (``--cfg job``, the run record, JSON) keep the plain value.
+
 The root :class:`ExperimentConfig` is stored as ``tfscale_schema`` and is the first entry of
 ``conf/config.yaml``'s defaults list.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +26,156 @@ from orchestrator.config.vertex import VertexConfig, VertexDeployConfig
 from orchestrator.config.serving import ServingConfig, TfServingDeployConfig
 
 
+# ------------------------------------------------------------------------------------------ choices
+class Choice(str, Enum):
+    """A closed set of config values. A member's value is its name (``enum.auto()``), because OmegaConf looks a
+    YAML string up by member name; being a ``str``, a member equals, hashes, prints and JSON-encodes as its value."""
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: List[str]) -> str:
+        return name
+
+    def __str__(self) -> str:  # Python 3.11 would print "StrategyName.mirrored" for a str mixin
+        return str.__str__(self)
+
+    def __repr__(self) -> str:  # error messages show the value as the user wrote it: 'mirrored'
+        return str.__repr__(self)
+
+    @classmethod
+    def values(cls) -> List[str]:
+        """The valid values, in declaration order (for messages)."""
+        return [m.value for m in cls]
+
+
+class DataName(Choice):
+    """``data.name``: the loader of the examples."""
+
+    digits = enum.auto()
+    mnist = enum.auto()
+    fashion_mnist = enum.auto()
+    cifar10 = enum.auto()
+    files = enum.auto()
+    tfrecord = enum.auto()  # sharded TFRecord files, streamed (orchestrator.training.streaming)
+    csv_shards = enum.auto()  # sharded CSV files with a header line, streamed
+
+
+class DataFormat(Choice):
+    """``data.format`` of ``data=files``; ``auto`` infers it from the file's suffix."""
+
+    auto = enum.auto()
+    npz = enum.auto()
+    csv = enum.auto()
+    tfrecord = enum.auto()
+
+
+class ShardPolicy(Choice):
+    """``data.shard_policy`` of a streamed source: how input pipelines (workers) split the training files."""
+
+    auto = enum.auto()  # file when there are at least as many files as input pipelines, else data
+    file = enum.auto()  # each pipeline reads its own files
+    data = enum.auto()  # each pipeline reads every file and keeps every n-th record
+
+
+class OptimizerName(Choice):
+    """``model.optimizer.name``."""
+
+    adam = enum.auto()
+    adamw = enum.auto()
+    sgd = enum.auto()
+    rmsprop = enum.auto()
+    adagrad = enum.auto()
+
+
+class OnMissingGpu(Choice):
+    """``topology.on_missing_gpu``: refuse the run, or run on the CPU and say so."""
+
+    error = enum.auto()
+    cpu_fallback = enum.auto()
+
+
+class StrategyName(Choice):
+    """``strategy.name``: one of the strategies of :mod:`strategies` (a test keeps the two lists equal)."""
+
+    default = enum.auto()
+    one_device = enum.auto()
+    mirrored = enum.auto()
+    central_storage = enum.auto()
+    multi_worker_mirrored = enum.auto()
+    parameter_server = enum.auto()
+    tpu = enum.auto()
+
+
+class CrossDeviceOps(Choice):
+    """``strategy.cross_device_ops`` of mirrored: how gradients are all-reduced across devices."""
+
+    auto = enum.auto()
+    nccl = enum.auto()
+    hierarchical_copy = enum.auto()
+    reduce_to_one_device = enum.auto()
+
+
+class Communication(Choice):
+    """``strategy.communication`` of multi_worker_mirrored: the collective implementation."""
+
+    auto = enum.auto()
+    ring = enum.auto()
+    nccl = enum.auto()
+
+
+class MixedPrecision(Choice):
+    """``trainer.mixed_precision``: the tf_keras dtype policy."""
+
+    none = enum.auto()
+    mixed_float16 = enum.auto()
+    mixed_bfloat16 = enum.auto()
+
+
+class BackendName(Choice):
+    """``backend.name``: where the tasks run (see :mod:`orchestrator.config.registry`)."""
+
+    local = enum.auto()
+    processes = enum.auto()
+    ray = enum.auto()
+    vertex = enum.auto()
+
+
+class PlacementStrategy(Choice):
+    """``backend.placement_strategy`` of ray: Ray's placement group strategies."""
+
+    PACK = enum.auto()
+    SPREAD = enum.auto()
+    STRICT_SPREAD = enum.auto()
+    STRICT_PACK = enum.auto()
+
+
+class QuantizationMode(Choice):
+    """``quantization.mode``: the TFLite conversion of the trained model."""
+
+    none = enum.auto()
+    dynamic = enum.auto()
+    float16 = enum.auto()
+    int8 = enum.auto()
+    qat = enum.auto()
+
+
+class TfjsQuantize(Choice):
+    """``deploy.tfjs.quantize``: weight compression of the TF.js graph model."""
+
+    none = enum.auto()
+    float16 = enum.auto()
+    uint8 = enum.auto()
+    uint16 = enum.auto()
+
+
+class DeployTarget(Choice):
+    """``deploy.target``: what happens to a published version."""
+
+    none = enum.auto()
+    vertex = enum.auto()
+    tf_serving = enum.auto()
+    tfjs = enum.auto()
+
+
 # --------------------------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
@@ -27,12 +183,14 @@ class DataConfig:
 
     ``name`` picks the loader: ``digits`` (scikit-learn's bundled 8x8 digits, offline), ``mnist``,
     ``fashion_mnist``, ``cifar10`` (tf_keras datasets, read from ``cache_dir``) or ``files``
-    (``path`` to an .npz, .csv or TFRecord file, local or ``gs://``).
+    (``path`` to an .npz, .csv or TFRecord file, local or ``gs://``): all loaded into memory. ``tfrecord``
+    and ``csv_shards`` stream sharded files (``train``/``validation``/``test`` patterns) through tf.data
+    instead; see ``orchestrator.config.streams``.
     """
 
-    name: str = "digits"
+    name: DataName = DataName.digits
     path: Optional[str] = None
-    format: str = "auto"  # auto | npz | csv | tfrecord
+    format: DataFormat = DataFormat.auto
     features_key: str = "x"  # npz array / TFRecord feature holding the inputs
     label_key: str = "y"  # npz array / TFRecord feature / CSV column holding the labels
     feature_shape: Optional[List[int]] = None  # TFRecord only: shape of one example's features
@@ -46,6 +204,17 @@ class DataConfig:
     shuffle_buffer: int = 10000
     prefetch: int = -1  # -1 = tf.data.AUTOTUNE
     limit: Optional[int] = None  # use only the first N examples (quick experiments)
+    # Streamed sources (tfrecord, csv_shards) only:
+    spec: Optional[str] = None  # spec.json of `tfscale data convert` (or its directory): patterns, features, counts
+    train: Optional[str] = None  # file pattern (glob or gs://... URI) of the training shards
+    validation: Optional[str] = None
+    test: Optional[str] = None  # null = evaluate on the validation files
+    features: Dict[str, Any] = field(default_factory=dict)  # {name: {shape: [..], dtype: float32|int64}}; {} = features_key + feature_shape
+    train_records: Optional[int] = None  # null = counted once (cached beside the run records)
+    shard_policy: ShardPolicy = ShardPolicy.auto
+    adapt_batches: int = 10  # the model's rescaling adapts on this many first batches (when data.scale is null)
+    read_parallelism: int = -1  # files read at once per pipeline (-1 = all of its files, at most 16)
+    profile_batches: int = 20  # batches of the input pipeline timed alone for the run record's input share (0 = off)
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -53,7 +222,7 @@ class DataConfig:
 class OptimizerConfig:
     """Optimizer by name with its hyperparameters."""
 
-    name: str = "adam"  # adam | sgd | rmsprop | adagrad | adamw
+    name: OptimizerName = OptimizerName.adam
     learning_rate: float = 1e-3
     momentum: float = 0.0  # sgd / rmsprop
     nesterov: bool = False
@@ -97,7 +266,7 @@ class TopologyConfig:
     gpu_memory_growth: bool = False
     gpu_memory_limit_mb: Optional[int] = None
     virtual_gpus: int = 1
-    on_missing_gpu: str = "error"
+    on_missing_gpu: OnMissingGpu = OnMissingGpu.error
     soft_device_placement: bool = True
     inter_op_threads: int = 0  # 0 = TensorFlow's choice
     intra_op_threads: int = 0
@@ -108,12 +277,12 @@ class TopologyConfig:
 class StrategyConfig:
     """A tf.distribute strategy and its settings (only the ones relevant to ``name`` are read)."""
 
-    name: str = "default"  # default | one_device | mirrored | central_storage | multi_worker_mirrored | parameter_server | tpu
+    name: StrategyName = StrategyName.default
     device: Optional[str] = None  # one_device: e.g. "/cpu:0"; null = first GPU, else CPU
     devices: Optional[List[str]] = None  # mirrored / central_storage compute devices; null = all
-    cross_device_ops: str = "auto"  # mirrored: auto | nccl | hierarchical_copy | reduce_to_one_device
+    cross_device_ops: CrossDeviceOps = CrossDeviceOps.auto  # mirrored
     parameter_device: Optional[str] = None  # central_storage: null = CPU
-    communication: str = "auto"  # multi_worker_mirrored: auto | ring | nccl
+    communication: Communication = Communication.auto  # multi_worker_mirrored
     num_shards: int = 0  # parameter_server: fixed shard count (0 = off)
     min_shard_bytes: int = 0  # parameter_server: MinSizePartitioner (0 = off)
     max_shards: int = 0  # parameter_server: cap for min_shard_bytes partitioning (0 = number of ps)
@@ -142,7 +311,7 @@ class TrainerConfig:
     steps_per_epoch: Optional[int] = None  # required by parameter_server; null = one pass over the data
     seed: int = 0
     deterministic: bool = False  # TensorFlow op determinism (slower, bit-identical reruns)
-    mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16
+    mixed_precision: MixedPrecision = MixedPrecision.none
     tensorboard: bool = True
     checkpoints: bool = False  # save weights each epoch under <run_dir>/checkpoints
     backup_and_restore: bool = False  # resume an interrupted fit from <run_dir>/backup
@@ -167,7 +336,7 @@ class ExportConfig:
 class BackendConfig:
     """Where the tasks of a run execute: ``local`` | ``processes`` | ``ray`` | ``vertex``."""
 
-    name: str = "local"
+    name: BackendName = BackendName.local
     max_restarts: int = 0  # processes / ray: restarts of the job's tasks after one died (needs trainer.backup_and_restore)
     start_timeout_s: float = 120.0  # ray: how long actors / a placement group may take to be scheduled
     stop_timeout_s: float = 10.0  # processes / ray: SIGTERM → SIGKILL grace when tasks are stopped
@@ -175,8 +344,7 @@ class BackendConfig:
     stream_logs: bool = True  # processes / ray: echo task output with a "[worker:1] " prefix
     ray_address: Optional[str] = None  # ray: null = start a local Ray; "auto"; "host:port"; "ray://host:port"
     ray_num_cpus: Optional[int] = None  # ray, local Ray only: CPUs it offers (null = max(cores, CPUs the roles ask))
-    placement_strategy: Optional[str] = None  # ray: PACK | SPREAD | STRICT_SPREAD | STRICT_PACK
-    inject_fault: Optional[str] = None  # tests: "worker:1@2" SIGKILLs that task in epoch 2 of the first attempt
+    placement_strategy: Optional[PlacementStrategy] = None  # ray: null = no placement group
 
 
 # ------------------------------------------------------------------------------------------ cluster
@@ -220,7 +388,7 @@ class QuantizationConfig:
     ``trainer.epochs``.
     """
 
-    mode: str = "none"
+    mode: QuantizationMode = QuantizationMode.none
     calibration_batches: int = 100  # int8 / qat: representative batches drawn from the training split
     calibration_batch_size: int = 1
     int8_io: bool = False  # int8 / qat: integer input/output tensors instead of float
@@ -240,7 +408,7 @@ class TfjsDeployConfig:
 
     converter: str = "tensorflowjs_converter"
     output_base: str = "web_models"  # apart from export.model_base, whose numbered directories a model server loads
-    quantize: str = "none"  # weight compression: none | float16 | uint8 | uint16
+    quantize: TfjsQuantize = TfjsQuantize.none  # weight compression
     weight_shard_size_bytes: int = 4194304
     extra_args: List[str] = field(default_factory=list)  # passed to the converter as is
     timeout_s: float = 600.0
@@ -253,7 +421,7 @@ class DeployConfig:
     Each target's settings are a typed sub-node named after the target; a target reads only its own.
     """
 
-    target: str = "none"
+    target: DeployTarget = DeployTarget.none
     vertex: VertexDeployConfig = field(default_factory=VertexDeployConfig)
     tf_serving: TfServingDeployConfig = field(default_factory=TfServingDeployConfig)
     tfjs: TfjsDeployConfig = field(default_factory=TfjsDeployConfig)

@@ -117,7 +117,7 @@ def _port(key: str, value: int, allow: tuple = (0,)) -> None:
         raise ConfigError(key, value, f"Use a TCP port in 1..65535{' or ' + ' / '.join(map(str, allow)) if allow else ''}.")
 
 
-def check_version_policy(key: str, p: Any) -> None:
+def check_version_policy(key: str, p: VersionPolicyConfig) -> None:
     """Validate a :class:`VersionPolicyConfig` found at ``key``."""
     if p.policy not in VERSION_POLICIES:
         raise ConfigError(f"{key}.policy", p.policy, f"Use one of: {', '.join(VERSION_POLICIES)}.")
@@ -140,7 +140,7 @@ def check_labels(key: str, labels: Any) -> None:
             raise ConfigError(f"{key}.{name}", version, "A label points at a positive version number.")
 
 
-def check_batching(key: str, b: Any) -> None:
+def check_batching(key: str, b: BatchingConfig) -> None:
     """Positive sizes and threads, non-negative timeout."""
     for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
         if getattr(b, name) < 1:
@@ -149,7 +149,7 @@ def check_batching(key: str, b: Any) -> None:
         raise ConfigError(f"{key}.batch_timeout_micros", b.batch_timeout_micros, "Use a value >= 0 (microseconds).")
 
 
-def check_serving(s: Any, key: str = "serving") -> None:
+def check_serving(s: ServingConfig, key: str = "serving") -> None:
     """Validate a composed :class:`ServingConfig`."""
     _port(f"{key}.rest_port", s.rest_port)
     _port(f"{key}.grpc_port", s.grpc_port, allow=(0, -1))
@@ -169,7 +169,7 @@ def check_serving(s: Any, key: str = "serving") -> None:
     check_batching(f"{key}.batching", s.batching)
 
 
-def check_tf_serving_deploy(d: Any, key: str = "deploy.tf_serving") -> None:
+def check_tf_serving_deploy(d: TfServingDeployConfig, key: str = "deploy.tf_serving") -> None:
     """Validate a composed :class:`TfServingDeployConfig`."""
     if d.launch not in LAUNCH_MODES:
         raise ConfigError(f"{key}.launch", d.launch, f"Use one of: {', '.join(LAUNCH_MODES)}.")

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict
+from typing import TYPE_CHECKING, Any, ClassVar, Dict
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 
 class DeployTarget(ABC):
@@ -16,11 +19,11 @@ class DeployTarget(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         """Raise ConfigError if the target's settings are invalid."""
 
     @abstractmethod
-    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+    def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         """Deploy the version at ``version_dir``; return facts for the run record."""
 
 
@@ -29,8 +32,8 @@ class NoDeploy(DeployTarget):
 
     name = "none"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         return None
 
-    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+    def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         return {}

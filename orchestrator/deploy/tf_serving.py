@@ -13,17 +13,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
+from orchestrator.artifacts import publish
 from orchestrator.deploy.base import DeployTarget
 from orchestrator.errors import ConfigError, TaskFailedError
+from orchestrator.runtime import supervisor
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.config.serving import TfServingDeployConfig
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +43,7 @@ class TfServingTarget(DeployTarget):
 
     name = "tf_serving"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         from orchestrator.config.serving import check_tf_serving_deploy
 
         d = cfg.deploy.get("tf_serving") if hasattr(cfg.deploy, "get") else getattr(cfg.deploy, "tf_serving", None)
@@ -52,7 +56,7 @@ class TfServingTarget(DeployTarget):
             raise ConfigError("deploy.tf_serving.launch", "binary", f"{d.binary!r} is not on PATH; install TF Serving, "
                               "set deploy.tf_serving.binary to its path, or use launch=auto / embedded.")
 
-    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+    def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         from orchestrator.serving import config_files as cf
         from orchestrator.serving.repository import ModelEntry
         from orchestrator.serving.server import policy_of
@@ -75,20 +79,20 @@ class TfServingTarget(DeployTarget):
         cf.write_models_config(model_base / cf.CONTAINER_MODELS_CONFIG, [_in_container(e, model_base) for e in entries])
         files = {"models_config": str(config_path), "container_models_config": str(model_base / cf.CONTAINER_MODELS_CONFIG)}
         if d.batching.enabled:
-            cf.atomic_write(model_base / cf.BATCHING_FILE, cf.batching_text(d.batching))
+            publish.write_text(model_base / cf.BATCHING_FILE, cf.batching_text(d.batching))
             files["batching_parameters_file"] = str(model_base / cf.BATCHING_FILE)
         if d.monitoring.prometheus:
-            cf.atomic_write(model_base / cf.MONITORING_FILE, cf.monitoring_text(d.monitoring))
+            publish.write_text(model_base / cf.MONITORING_FILE, cf.monitoring_text(d.monitoring))
             files["monitoring_config_file"] = str(model_base / cf.MONITORING_FILE)
 
         plan = cf.launch_plan(d, model_base)
-        (out / "launch_plan.sh").write_text("#!/bin/sh\n# TensorFlow Serving binary:\n" + plan["binary_command"]
-                                            + "\n\n# or the container:\n# " + plan["docker_command"] + "\n")
+        publish.write_text(out / "launch_plan.sh", "#!/bin/sh\n# TensorFlow Serving binary:\n" + plan["binary_command"]
+                           + "\n\n# or the container:\n# " + plan["docker_command"] + "\n")
         print(f"[tf_serving] launch plan:\n  {plan['binary_command']}\n  {plan['docker_command']}", flush=True)
         import yaml
 
         manifest = out / "kubernetes.yaml"
-        manifest.write_text(yaml.safe_dump_all(cf.kubernetes_manifest(d, model_base, _k8s_name(name)), sort_keys=False))
+        publish.write_text(manifest, yaml.safe_dump_all(cf.kubernetes_manifest(d, model_base, _k8s_name(name)), sort_keys=False))
         files["kubernetes_manifest"] = str(manifest)
 
         notes = _label_notes(entry)
@@ -135,7 +139,7 @@ def _k8s_name(model: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ smoke test
-def smoke_test(d: Any, config_path: Path, model_base: Path, name: str, version: int, version_dir: Path,
+def smoke_test(d: TfServingDeployConfig, config_path: Path, model_base: Path, name: str, version: int, version_dir: Path,
                out: Path) -> Dict[str, Any]:
     """Start a server on the repository, check ``name``/``version`` answers like the SavedModel in process."""
     import numpy as np
@@ -166,7 +170,9 @@ def smoke_test(d: Any, config_path: Path, model_base: Path, name: str, version: 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")] if p)
     log_file = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    # Dies with the task process (the supervisor's promise) unless the user asked it to keep running.
+    proc = supervisor.start(cmd, env=env, stdout=log_file, stderr=supervisor.STDOUT, exit_grace=20.0,
+                            outlive_parent=bool(d.keep_running))
     result: Dict[str, Any] = {"server": kind, "pid": proc.pid, "rest_port": rest_port, "grpc_port": grpc_port,
                               "command": cmd, "log": str(log_path)}
     try:
@@ -198,23 +204,12 @@ def smoke_test(d: Any, config_path: Path, model_base: Path, name: str, version: 
             result["running"] = True
             print(f"[tf_serving] server keeps running: pid {proc.pid}, REST {rest_port}, gRPC {grpc_port}", flush=True)
         else:
-            _stop(proc)
+            proc.stop(20.0)
             result["running"] = False
         log_file.close()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def _wait_available(proc: subprocess.Popen, port: int, name: str, version: int, timeout: float, log_path: Path) -> str:
+def _wait_available(proc: supervisor.Child, port: int, name: str, version: int, timeout: float, log_path: Path) -> str:
     import requests
 
     deadline = time.monotonic() + timeout

@@ -13,7 +13,8 @@ override grammar rejects an unquoted ``~``. In a YAML file ``~/.venvs/...`` work
 
 Output: ``<deploy.tfjs.output_base>/<export.model_name>/<NNNN>/`` (``model.json`` and weight shards),
 numbered like the SavedModel version it was converted from. It is written into a hidden temporary
-directory beside it and renamed into place, so a web server never sees half a model. It is kept out of
+directory beside it and published by :mod:`orchestrator.artifacts.publish` (fsynced, readable by all,
+renamed into place), so a web server never sees half a model. It is kept out of
 ``export.model_base`` on purpose: a model server loads every numbered directory there as a SavedModel.
 """
 from __future__ import annotations
@@ -22,17 +23,20 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
+from orchestrator.artifacts import publish
+from orchestrator.config.schema import TfjsQuantize
 from orchestrator.deploy.base import DeployTarget
 from orchestrator.errors import ConfigError, TaskFailedError
+from orchestrator.runtime import supervisor
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig, TfjsDeployConfig
 
 log = logging.getLogger(__name__)
 
-QUANTIZE = ("none", "float16", "uint8", "uint16")
 INSTALL_HINT = ("tensorflowjs pins its own TensorFlow, so install it in a separate environment: "
                 "`python -m venv ~/.venvs/tfjs && ~/.venvs/tfjs/bin/pip install tensorflowjs 'ydf<0.13'`, then pass "
                 "deploy.tfjs.converter=$HOME/.venvs/tfjs/bin/tensorflowjs_converter (or put that path in your config).")
@@ -53,12 +57,12 @@ def converter_command(converter: str) -> List[str]:
     return [found, *(os.path.expanduser(w) for w in words[1:])]
 
 
-def conversion_args(d: Any, saved_model_dir: Path, output_dir: Path) -> List[str]:
+def conversion_args(d: TfjsDeployConfig, saved_model_dir: Path, output_dir: Path) -> List[str]:
     """Arguments after the converter program that turn ``saved_model_dir`` into a graph model in ``output_dir``."""
     args = ["--input_format=tf_saved_model", "--output_format=tfjs_graph_model",
             "--signature_name=serving_default", "--saved_model_tags=serve",
-            f"--weight_shard_size_bytes={int(d.weight_shard_size_bytes)}"]
-    if d.quantize != "none":
+            f"--weight_shard_size_bytes={d.weight_shard_size_bytes}"]
+    if d.quantize != TfjsQuantize.none:
         # '=*' keeps the optional value attached: a bare flag would swallow the input path as its value.
         args.append(f"--quantize_{d.quantize}=*")
     args += [str(a) for a in d.extra_args]
@@ -70,12 +74,10 @@ class TfjsTarget(DeployTarget):
 
     name = "tfjs"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         d = cfg.deploy.tfjs
         if not cfg.export.enabled:
             raise ConfigError("export.enabled", False, "deploy=tfjs converts the exported SavedModel; use export=saved_model.")
-        if d.quantize not in QUANTIZE:
-            raise ConfigError("deploy.tfjs.quantize", d.quantize, f"Use one of: {', '.join(QUANTIZE)}.")
         if d.weight_shard_size_bytes < 1:
             raise ConfigError("deploy.tfjs.weight_shard_size_bytes", d.weight_shard_size_bytes, "Use a positive size, e.g. 4194304 (4 MiB).")
         if not d.output_base:
@@ -86,19 +88,18 @@ class TfjsTarget(DeployTarget):
                               "publish TF.js models elsewhere, e.g. deploy.tfjs.output_base=web_models.")
         converter_command(d.converter)
 
-    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+    def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         d = cfg.deploy.tfjs
         version_dir = Path(version_dir)
         out_parent = Path(d.output_base) / str(cfg.export.model_name)
         target = out_parent / version_dir.name
-        out_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version_dir.name}-", dir=out_parent))
+        tmp = publish.staging_directory(out_parent, hint=version_dir.name)
         command = converter_command(d.converter) + conversion_args(d, version_dir.resolve(), tmp)
         log.info("tfjs: %s", shlex.join(command))
         try:
             try:
-                proc = subprocess.run(command, capture_output=True, text=True, timeout=float(d.timeout_s))
-            except subprocess.TimeoutExpired as exc:
+                proc = supervisor.run(command, timeout=float(d.timeout_s))
+            except supervisor.TimeoutExpired as exc:
                 raise TaskFailedError(f"tensorflowjs_converter did not finish within deploy.tfjs.timeout_s={d.timeout_s}s.") from exc
             (Path(run_dir) / "tfjs_converter.log").write_text(f"$ {shlex.join(command)}\n{proc.stdout}\n{proc.stderr}")
             if proc.returncode != 0:
@@ -107,16 +108,14 @@ class TfjsTarget(DeployTarget):
                                       f"Full log: {Path(run_dir) / 'tfjs_converter.log'}")
             if not (tmp / "model.json").is_file():
                 raise TaskFailedError(f"tensorflowjs_converter wrote no model.json for {version_dir}; see {Path(run_dir) / 'tfjs_converter.log'}.")
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a web server reads it
             try:
-                os.rename(tmp, target)
+                publish.publish_staged(tmp, out_parent, name=target.name)
             except OSError as exc:
                 raise TaskFailedError(f"Could not publish {target}: {exc}. Is an older TF.js model with this number "
                                       f"in {out_parent}? Move it away or choose another deploy.tfjs.output_base.") from exc
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            publish.discard(tmp)
             raise
         files = sorted(p.name for p in target.iterdir())
-        log.info("published %s", target)
         return {"target": "tfjs", "path": str(target), "files": files,
                 "bytes": sum((target / f).stat().st_size for f in files), "command": command}

@@ -5,10 +5,13 @@ See :mod:`orchestrator.vertex.models` for the rules (parent model, aliases, cana
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 from orchestrator.deploy.base import DeployTarget
 from orchestrator.errors import TaskFailedError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 
 class VertexDeploy(DeployTarget):
@@ -16,12 +19,12 @@ class VertexDeploy(DeployTarget):
 
     name = "vertex"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         from orchestrator.vertex.checks import check_deploy
 
         check_deploy(cfg)
 
-    def deploy(self, cfg: Any, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
+    def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         from google.api_core import exceptions
 
         from orchestrator.artifacts.run_record import git_state

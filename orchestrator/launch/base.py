@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict
+from typing import TYPE_CHECKING, Any, ClassVar, Dict
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 
 class Backend(ABC):
@@ -18,9 +21,9 @@ class Backend(ABC):
     launches_clusters: ClassVar[bool] = False
 
     @abstractmethod
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         """Raise ConfigError if this backend cannot run the config as given."""
 
     @abstractmethod
-    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
         """Run the experiment's tasks; return the chief's metrics (what it wrote to metrics.json)."""

@@ -1,31 +1,29 @@
-"""Hydra launchers that run each sweep job (a study trial) as a fresh ``tfscale`` process.
+"""Hydra launchers that run each sweep job (a study trial) in a fresh process.
 
-A trial's device topology is applied before TensorFlow initialises, which only a new process allows, so
-both launchers start ``python -m orchestrator.app.cli <overrides> hydra.run.dir=<job dir>`` — exactly the
-single run a user would type — and read the job's ``metrics.json`` as its return value.
+Like Hydra's own launchers (joblib, submitit, ray), these run the task function Hydra hands them through
+``hydra.core.utils.run_job``, on the job's config composed once here (``load_sweep_config``); so they run
+any Hydra app, tfscale's (``orchestrator.app.cli.hydra_task``) among them. Unlike joblib's pool, every job
+gets a process of its own, because a trial's device topology is applied before TensorFlow initialises:
 
-* :class:`ProcessesLauncher` runs the jobs of a batch on this machine, up to ``max_parallel`` at a time.
-  With GPUs, parallel jobs get disjoint GPUs through ``CUDA_VISIBLE_DEVICES``.
+* :class:`ProcessesLauncher` runs the jobs of a batch on this machine, up to ``max_parallel`` at a time, each
+  as ``python -m orchestrator.launch.job_process`` (see there). With GPUs, parallel jobs get disjoint GPUs
+  through ``CUDA_VISIBLE_DEVICES``.
 * :class:`RayLauncher` runs each job in a fresh Ray worker process (``max_calls=1``) that reserves
   ``cpus_per_trial``/``gpus_per_trial``. A job whose own config is ``backend=ray`` joins the same Ray
   cluster (its ``backend.ray_address`` is set to it) and reserves no CPU itself: its actors do.
 
 Job directories are ``hydra.sweep.dir/hydra.sweep.subdir`` with ``hydra.job.num`` = the job index the
-sweeper passes (the study's trial id), so a re-run of an interrupted trial reuses, after clearing, its
-directory. A job is stopped early when the file :data:`STOP_FILE` appears in its directory. Jobs never
-outlive the driver: each job process dies with its parent (``PR_SET_PDEATHSIG``) and is killed with its
-process group when ``launch`` exits by an exception or the interpreter exits.
+caller passes (for a study, the trial id). Each job talks to the driver through its
+:class:`~orchestrator.launch.trial_channel.TrialChannel`: its output goes to the channel's log, and a stop
+request on the channel stops the job (early stopping), which then returns FAILED with
+:class:`TrialStoppedError`. Jobs never outlive the driver (see :mod:`orchestrator.runtime.supervisor`).
 """
 from __future__ import annotations
 
-import atexit
 import copy
-import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,88 +31,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from orchestrator.errors import ConfigError, TaskFailedError
+from orchestrator.launch import job_process
+from orchestrator.launch.trial_channel import TrialChannel
 
 log = logging.getLogger("tfscale.study")
 
-#: Created in a job's directory to ask the launcher to stop that job (early stopping).
-STOP_FILE = ".tfscale_stop"
-#: Where a job's ``report_metric`` lines go, relative to its directory.
-REPORTED_METRICS = "reported_metrics.jsonl"
-#: A job's combined stdout/stderr, relative to its directory.
-JOB_LOG = "trial.log"
-
 
 class TrialStoppedError(TaskFailedError):
-    """The job was terminated because its directory received a stop request."""
+    """The job was terminated because its channel received a stop request."""
+
+
+def compose_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
+    """Job ``num``'s config, composed as Hydra's launchers compose it (``hydra.job.id``/``num`` set)."""
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = str(num)
+        sweep_config.hydra.job.num = num
+    return sweep_config
 
 
 @dataclass
 class Job:
-    """One sweep job: its overrides, composed config and directory."""
+    """One sweep job: its overrides, its composed config and its channel (directory)."""
 
     num: int
     overrides: List[str]
-    config: DictConfig  # the job's config as Hydra composes it for a sweep (hydra node included)
-    dir: Path
+    config: DictConfig
+    channel: TrialChannel
 
-    @property
-    def log_path(self) -> Path:
-        return self.dir / JOB_LOG
-
-    @property
-    def stop_requested(self) -> bool:
-        return (self.dir / STOP_FILE).exists()
-
-    def command(self) -> List[str]:
-        """The ``tfscale`` single run of this job, in its own directory."""
-        cmd = [sys.executable, "-m", "orchestrator.app.cli"]
-        cmd += _config_flags(self.config)
-        return cmd + list(self.overrides) + [f"hydra.run.dir={self.dir}"]
-
-    def env(self, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        env["TFSCALE_TRIAL_METRICS"] = str(self.dir / REPORTED_METRICS)
-        env["TFSCALE_TRIAL_ID"] = str(self.num)
-        return env
-
-    def prepare_dir(self) -> None:
-        """Create the job directory; a leftover one (an interrupted attempt of this trial) is cleared."""
-        if self.dir.exists() and any(self.dir.iterdir()):
-            log.info("trial %d: clearing %s, left by an interrupted attempt", self.num, self.dir)
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def result(self, returncode: int, stopped: bool, metrics: Optional[Dict[str, Any]] = None) -> JobReturn:
-        """The JobReturn of the finished process: COMPLETED with ``metrics.json``, else FAILED."""
-        ret = JobReturn(overrides=list(self.overrides), working_dir=os.getcwd(), task_name=_task_name(self.config))
-        ret.cfg = _without_hydra(self.config)
+    def failed(self, error: BaseException) -> JobReturn:
+        """The JobReturn of a job that ended without returning one (stopped, killed, crashed)."""
+        ret = JobReturn(overrides=list(self.overrides), task_name=str(self.config.hydra.job.name),
+                        working_dir=str(self.channel.dir) if self.config.hydra.job.chdir else os.getcwd())
+        task_cfg = copy.deepcopy(self.config)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        ret.cfg = task_cfg
         ret.hydra_cfg = OmegaConf.create({"hydra": copy.deepcopy(self.config.hydra)})
-        if metrics is None and returncode == 0:
-            metrics = _read_json(self.dir / "metrics.json")
-        if stopped:
-            ret.status, ret.return_value = JobStatus.FAILED, TrialStoppedError(
-                f"trial {self.num} was stopped early (log: {self.log_path})")
-        elif returncode == 0 and isinstance(metrics, dict):
-            ret.status, ret.return_value = JobStatus.COMPLETED, metrics
-        else:
-            why = (f"exited with code {returncode}" if returncode != 0 else "exited without writing metrics.json")
-            ret.status, ret.return_value = JobStatus.FAILED, TaskFailedError(
-                f"trial {self.num} {why}. Log {self.log_path}:\n{_tail(self.log_path)}")
+        ret.status, ret.return_value = JobStatus.FAILED, error
         return ret
 
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    def stopped(self) -> JobReturn:
+        return self.failed(TrialStoppedError(f"job {self.num} was stopped early (log: {self.channel.log_path})"))
 
 
 def _tail(path: Path, n: int = 2000) -> str:
@@ -122,50 +86,6 @@ def _tail(path: Path, n: int = 2000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return "(no log)"
-
-
-def _task_name(config: DictConfig) -> str:
-    return str(OmegaConf.select(config, "hydra.job.name", default="tfscale"))
-
-
-def _without_hydra(config: DictConfig) -> DictConfig:
-    task_cfg = copy.deepcopy(config)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
-
-
-def _config_flags(config: DictConfig) -> List[str]:
-    """``-cn``/``-cd`` flags so the job composes from the same primary config as the sweep."""
-    flags = []
-    name = OmegaConf.select(config, "hydra.job.config_name")
-    if name and name != "config":
-        flags += ["--config-name", str(name)]
-    for source in OmegaConf.select(config, "hydra.runtime.config_sources", default=None) or []:
-        if source.get("provider") == "command-line" and str(source.get("schema")) == "file":
-            flags += ["--config-dir", str(source.get("path"))]
-    return flags
-
-
-def prepare_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], num: int) -> Job:
-    """Compose job ``num``'s config as Hydra's launchers do and resolve its directory."""
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_config):
-        sweep_config.hydra.job.id = str(num)
-        sweep_config.hydra.job.num = num
-    previous = HydraConfig.instance().cfg
-    # hydra.sweep.dir/subdir may use ${hydra:...} and ${now:...}, resolved against the job's own config.
-    HydraConfig.instance().set_config(sweep_config)
-    try:
-        out = Path(str(OmegaConf.select(sweep_config, "hydra.sweep.dir"))) / str(
-            OmegaConf.select(sweep_config, "hydra.sweep.subdir"))
-    finally:
-        if previous is not None:
-            HydraConfig.instance().cfg = previous
-    out = out.absolute()
-    with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
-        sweep_config.hydra.runtime.output_dir = str(out)
-    return Job(num=num, overrides=list(overrides), config=sweep_config, dir=out)
 
 
 # -------------------------------------------------------------------------------------------- GPUs
@@ -207,82 +127,7 @@ def gpu_slots(parallel: int, gpus: Sequence[str], gpus_per_trial: Optional[int])
     return [list(gpus[i * per:(i + 1) * per]) for i in range(count)]
 
 
-# ------------------------------------------------------------------------------------ processes
-def _die_with_parent() -> None:
-    # If the driver is SIGKILLed, its atexit cleanup never runs: the kernel stops the job instead.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-_LIVE: Dict[int, subprocess.Popen] = {}
-_LIVE_LOCK = threading.Lock()
-
-
-def _kill_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the job's process group, SIGKILL it after ``timeout`` seconds."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # grandchildren left in the group after the leader exited
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_all_live() -> None:
-    with _LIVE_LOCK:
-        procs = list(_LIVE.values())
-        _LIVE.clear()
-    for proc in procs:
-        _kill_group(proc, 2.0)
-
-
-atexit.register(_kill_all_live)
-
-
-def start_job_process(job: Job, env: Dict[str, str], stream_logs: bool = False) -> subprocess.Popen:
-    """Start ``job``'s tfscale process in its own process group, output into its log."""
-    job.prepare_dir()
-    logf = open(job.log_path, "wb")
-    try:
-        proc = subprocess.Popen(job.command(), stdout=subprocess.PIPE if stream_logs else logf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    finally:
-        if not stream_logs:
-            logf.close()
-    if stream_logs:
-        threading.Thread(target=_pump, args=(proc, logf, f"[trial {job.num}] "), daemon=True).start()
-    with _LIVE_LOCK:
-        _LIVE[proc.pid] = proc
-    return proc
-
-
-def _pump(proc: subprocess.Popen, logf: Any, prefix: str) -> None:
-    with logf:
-        for line in proc.stdout:
-            logf.write(line)
-            sys.stdout.write(prefix + line.decode(errors="replace"))
-        sys.stdout.flush()
-
-
-def _forget(proc: subprocess.Popen) -> None:
-    with _LIVE_LOCK:
-        _LIVE.pop(proc.pid, None)
-
-
+# ------------------------------------------------------------------------------------------ common
 class _BaseLauncher(Launcher):
     def __init__(self) -> None:
         self.config: Optional[DictConfig] = None
@@ -295,15 +140,34 @@ class _BaseLauncher(Launcher):
         self.task_function = task_function
 
     def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
-        if self.config is None or self.hydra_context is None:
+        """Compose every job of the batch (once each) and create its directory."""
+        from hydra.core.utils import configure_log, filter_overrides
+
+        if self.config is None or self.hydra_context is None or self.task_function is None:
             raise RuntimeError("launch() called before setup()")
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        return [prepare_job(self.hydra_context, self.config, overrides, initial_job_idx + i)
-                for i, overrides in enumerate(job_overrides)]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info("Launching %d job(s) with %s, sweep output dir: %s", len(job_overrides), type(self).__name__,
+                 sweep_dir)
+        jobs = []
+        for i, overrides in enumerate(job_overrides):
+            num = initial_job_idx + i
+            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
+            config = compose_job(self.hydra_context, self.config, overrides, num)
+            channel = TrialChannel.of_job(config)
+            channel.dir.mkdir(parents=True, exist_ok=True)
+            jobs.append(Job(num=num, overrides=list(overrides), config=config, channel=channel))
+        return jobs
+
+    def _payload(self, job: Job, singleton_state: Any) -> Dict[str, Any]:
+        return job_process.payload(task_function=self.task_function, config=job.config,
+                                   hydra_context=self.hydra_context, singleton_state=singleton_state)
 
 
+# --------------------------------------------------------------------------------------- processes
 class ProcessesLauncher(_BaseLauncher):
-    """Each job a fresh ``tfscale`` process on this machine; up to ``max_parallel`` at once."""
+    """Each job a fresh process on this machine; up to ``max_parallel`` at once."""
 
     def __init__(self, max_parallel: Optional[int] = None, gpus_per_trial: Optional[int] = None,
                  stop_timeout_s: float = 10.0, stream_logs: bool = False) -> None:
@@ -316,6 +180,8 @@ class ProcessesLauncher(_BaseLauncher):
         self.stream_logs = bool(stream_logs)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra.core.singleton import Singleton
+
         jobs = self._jobs(job_overrides, initial_job_idx)
         if not jobs:
             return []
@@ -323,72 +189,82 @@ class ProcessesLauncher(_BaseLauncher):
         slots = gpu_slots(parallel, visible_gpu_ids(), self.gpus_per_trial)
         free = list(range(len(slots)))
         pending = list(jobs)
-        running: Dict[int, tuple] = {}  # job num -> (job, slot, process, stopped)
+        singletons = Singleton.get_state()
+        running: Dict[int, list] = {}  # job num -> [job, slot, child, job file, stopped]
         results: Dict[int, JobReturn] = {}
         try:
             while pending or running:
                 while pending and free:
                     job, slot = pending.pop(0), free.pop(0)
-                    env = job.env()
+                    env = dict(os.environ, **job.channel.env())
                     if slots[slot] is not None:
                         env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
-                    log.info("trial %d: started%s -> %s", job.num,
-                             f" on GPU(s) {env['CUDA_VISIBLE_DEVICES']}" if slots[slot] else "", job.dir)
-                    running[job.num] = (job, slot, start_job_process(job, env, self.stream_logs), False)
-                time.sleep(0.2)
-                for num, (job, slot, proc, stopped) in list(running.items()):
-                    if not stopped and proc.poll() is None and job.stop_requested:
-                        log.info("trial %d: stopping (early stopping)", num)
-                        _kill_group(proc, self.stop_timeout_s)
-                        stopped = True
-                    if proc.poll() is not None:
-                        _forget(proc)
-                        results[num] = job.result(proc.returncode, stopped)
+                    job_file = job_process.write_job(job.channel.dir, self._payload(job, singletons))
+                    log.info("job %d: started%s -> %s", job.num,
+                             f" on GPU(s) {env['CUDA_VISIBLE_DEVICES']}" if slots[slot] else "", job.channel.dir)
+                    running[job.num] = [job, slot, self._start(job, job_file, env), job_file, False]
+                time.sleep(0.1)
+                for num, entry in list(running.items()):
+                    job, slot, child, job_file, stopped = entry
+                    if not stopped and child.poll() is None and job.channel.stop_requested:
+                        log.info("job %d: stopping (stop requested)", num)
+                        child.stop(self.stop_timeout_s)
+                        entry[4] = stopped = True
+                    if child.poll() is not None:
+                        results[num] = self._result(job, job_file, child.returncode, stopped)
                         del running[num]
                         free.append(slot)
         finally:
-            for job, _, proc, _ in running.values():
-                _kill_group(proc, self.stop_timeout_s)
-                _forget(proc)
+            for job, _, child, _, _ in running.values():
+                child.stop(self.stop_timeout_s)
         return [results[job.num] for job in jobs]
+
+    def _start(self, job: Job, job_file: Path, env: Dict[str, str]) -> Any:
+        """Start ``job``'s process in its own process group, tied to this one, output into its log."""
+        from orchestrator.runtime import supervisor
+
+        argv = job_process.command(job_file, warm=job_process.wants_warm_start(self.task_function))
+        logf = open(job.channel.log_path, "wb")
+        try:
+            # SIGTERM when the driver dies lets the job stop its own children and record how its run ended.
+            child = supervisor.start(argv, env=env, cwd=os.getcwd(), stdout=supervisor.PIPE if self.stream_logs else logf,
+                                     stderr=supervisor.STDOUT, death_signal=signal.SIGTERM,
+                                     exit_grace=self.stop_timeout_s)
+        except BaseException:
+            logf.close()
+            raise
+        if self.stream_logs:
+            threading.Thread(target=_pump, args=(child.stdout, logf, f"[trial {job.num}] "), daemon=True).start()
+        else:
+            logf.close()
+        return child
+
+    @staticmethod
+    def _result(job: Job, job_file: Path, returncode: int, stopped: bool) -> JobReturn:
+        ret = job_process.read_return(job_file)
+        if stopped:
+            return job.stopped()
+        if ret is None:
+            return job.failed(TaskFailedError(f"job {job.num} exited with code {returncode} before returning a "
+                                              f"result. Log {job.channel.log_path}:\n{_tail(job.channel.log_path)}"))
+        return ret
+
+
+def _pump(stream: Any, logf: Any, prefix: str) -> None:
+    with logf:
+        for line in stream:
+            logf.write(line)
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
 
 
 # ------------------------------------------------------------------------------------------- Ray
-def _run_job_in_worker(command: List[str], extra_env: Dict[str, str], cwd: str, job_dir: str,
-                       stop_timeout_s: float) -> Dict[str, Any]:
-    """Body of the Ray task: run the job's tfscale process in this (fresh) worker and wait for it.
-
-    Ray sets CUDA_VISIBLE_DEVICES in the worker for the GPUs it reserved; the job inherits it.
-    """
-    env = dict(os.environ)
-    env.update(extra_env)
-    directory = Path(job_dir)
-    job = Job(num=int(extra_env.get("TFSCALE_TRIAL_ID", "0")), overrides=[], config=OmegaConf.create({}),
-              dir=directory)
-    job.prepare_dir()
-    with open(job.log_path, "wb") as logf:
-        proc = subprocess.Popen(command, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
-    stopped = False
-    try:
-        while proc.poll() is None:
-            if job.stop_requested:
-                _kill_group(proc, stop_timeout_s)
-                stopped = True
-                break
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc, stop_timeout_s)
-    return {"returncode": proc.returncode, "stopped": stopped, "metrics": _read_json(directory / "metrics.json")}
-
-
 class RayLauncher(_BaseLauncher):
     """Each job in a fresh Ray worker process (``max_calls=1``) with its reserved CPUs/GPUs.
 
-    The driver connects to ``address`` (or starts a local Ray of ``num_cpus``) on the first batch and
-    keeps it for the rest of the sweep. Jobs' directories must be on a file system the driver sees (this
-    machine, or a shared one): the sweeper reads per-epoch metrics there.
+    The driver connects to ``address`` (or starts a local Ray of ``num_cpus``) in ``setup`` and keeps it for
+    the rest of the sweep. Jobs' directories must be on a file system the driver sees (this machine, or a
+    shared one): the channel and the log are there.
     """
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, cpus_per_trial: float = 1.0,
@@ -411,57 +287,82 @@ class RayLauncher(_BaseLauncher):
         self._ray()
 
     def _ray(self) -> Any:
-        import ray
+        from orchestrator.launch import ray_session
 
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
-            else:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            log.info("Ray cluster at %s", ray.get_runtime_context().gcs_address)
+        ray = ray_session.connect(self.address, self.num_cpus)
         if self._remote is None:
-            self._remote = ray.remote(max_calls=1)(_run_job_in_worker)
+            log.info("Ray cluster at %s", ray.get_runtime_context().gcs_address)
+            self._remote = ray.remote(max_calls=1)(job_process.execute)
         return ray
 
-    def _overrides_for(self, job: Job, gcs_address: str) -> tuple:
-        """A job running ``backend=ray`` joins this cluster instead of starting a Ray inside a worker."""
+    def _join_cluster(self, job: Job, gcs_address: str) -> float:
+        """A job running ``backend=ray`` joins this cluster instead of starting a Ray inside a worker.
+
+        Returns the CPUs the job's worker reserves: none for such a job, whose actors reserve their own.
+        """
         if str(OmegaConf.select(job.config, "backend.name")) != "ray":
-            return job.overrides, self.cpus_per_trial
+            return self.cpus_per_trial
         if OmegaConf.select(job.config, "backend.ray_address") is None:
-            return job.overrides + [f"backend.ray_address={gcs_address}"], 0.0
-        return job.overrides, 0.0
+            with read_write(job.config):
+                OmegaConf.update(job.config, "backend.ray_address", gcs_address)
+        return 0.0
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from hydra.core.singleton import Singleton
+
         jobs = self._jobs(job_overrides, initial_job_idx)
         if not jobs:
             return []
         ray = self._ray()
         gcs = ray.get_runtime_context().gcs_address
-        refs = {}
+        singletons = Singleton.get_state()
+        refs: Dict[int, Any] = {}
         for job in jobs:
-            overrides, cpus = self._overrides_for(job, gcs)
-            command = Job(job.num, overrides, job.config, job.dir).command()
-            extra = {k: v for k, v in job.env({}).items()}
-            refs[job.num] = self._remote.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(
-                command, extra, os.getcwd(), str(job.dir), self.stop_timeout_s)
-            log.info("trial %d: submitted to Ray (%g CPU, %g GPU) -> %s", job.num, cpus, self.gpus_per_trial, job.dir)
+            cpus = self._join_cluster(job, gcs)
+            refs[job.num] = self._start(job, singletons, cpus)
+            log.info("job %d: submitted to Ray (%g CPU, %g GPU) -> %s", job.num, cpus, self.gpus_per_trial,
+                     job.channel.dir)
         results: Dict[int, JobReturn] = {}
+        stopped: set = set()
+        pending = dict(refs)
         try:
-            for job in jobs:
-                try:
-                    out = ray.get(refs[job.num])
-                except ray.exceptions.RayError as exc:
-                    job.dir.mkdir(parents=True, exist_ok=True)
-                    ret = job.result(1, False, None)
-                    ret.return_value = TaskFailedError(f"trial {job.num}: the Ray task failed: {exc}")
-                    results[job.num] = ret
-                    continue
-                results[job.num] = job.result(out["returncode"], out["stopped"], out["metrics"])
+            while pending:
+                ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0.1)
+                for job in jobs:
+                    ref = pending.get(job.num)
+                    if ref is None:
+                        continue
+                    if ref in ready:
+                        results[job.num] = self._result(ray, job, ref, job.num in stopped)
+                        del pending[job.num]
+                    elif job.num not in stopped and job.channel.stop_requested:
+                        log.info("job %d: stopping (stop requested)", job.num)
+                        ray.cancel(ref, force=True)  # ends the job's worker process, and its children with it
+                        stopped.add(job.num)
         finally:
-            for ref in refs.values():
+            for ref in pending.values():
                 try:
                     ray.cancel(ref, force=True)
                 except Exception:  # already finished or Ray shutting down: nothing left to cancel
                     pass
         return [results[job.num] for job in jobs]
+
+    def _start(self, job: Job, singletons: Any, cpus: float) -> Any:
+        """Submit ``job`` to a fresh worker reserving ``cpus`` and this launcher's GPUs; its output to its log.
+
+        Ray sets CUDA_VISIBLE_DEVICES in the worker for the GPUs it reserved.
+        """
+        job.channel.log_path.unlink(missing_ok=True)
+        return self._remote.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(
+            self._payload(job, singletons), str(job.channel.log_path), job.channel.env())
+
+    @staticmethod
+    def _result(ray: Any, job: Job, ref: Any, stopped: bool) -> JobReturn:
+        try:
+            ret = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            if stopped:
+                return job.stopped()
+            return job.failed(TaskFailedError(f"job {job.num}: the Ray task failed: {exc}. Log "
+                                              f"{job.channel.log_path}:\n{_tail(job.channel.log_path)}"))
+        return job.stopped() if stopped else ret

@@ -1,55 +1,47 @@
-"""``backend=local``: the experiment runs on this machine, in the current process when possible."""
+"""``backend=local``: the experiment runs on this machine, in one task process."""
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from orchestrator.launch.base import Backend
-from orchestrator.errors import TaskFailedError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
 
 class LocalBackend(Backend):
-    """One task on this machine.
+    """One task on this machine, always in a task process of its own: ``tfscale`` itself never trains.
 
     A plain ``tfscale`` run trains in the task process ``tfscale`` forked at start-up (see
-    :mod:`orchestrator.launch.warm_task`). Otherwise the task runs in this process if TensorFlow has not been
-    imported yet (so the topology can still be applied); otherwise — e.g. the second job of a ``-m`` sweep — in a fresh child process, because a
-    process's devices cannot change once TensorFlow initialised.
+    :mod:`orchestrator.launch.warm_task`). When that one cannot be used — the topology sets a variable
+    TensorFlow reads at import time, ``TFSCALE_WARM_TASK=0``, or the second job of a ``-m`` sweep — a fresh
+    task process is spawned with the right environment; it speaks the same protocol, so the run reports the
+    same way.
     """
 
     name = "local"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         return None
 
-    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
         from orchestrator.launch import warm_task
 
-        warm = warm_task.take()
-        if warm is not None:
-            why = warm.unsuitable_because(cfg) if "tensorflow" not in sys.modules else "TensorFlow is already imported here"
-            if why is None:
-                return warm.run(cfg, run_dir, _overrides(), _logging_config())
-            log.info("training in this process instead of the warm task process: %s", why)
-            warm.discard()
-        if "tensorflow" not in sys.modules:
-            from orchestrator.training.task import run_training
-
-            return run_training(cfg, run_dir, overrides=_overrides())
-        log_path = run_dir / "task.log"
-        with open(log_path, "w") as task_log:
-            proc = subprocess.run([sys.executable, "-m", "orchestrator.launch.task_main", str(run_dir)], stdout=task_log,
-                                  stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = log_path.read_text()[-2000:]
-            raise TaskFailedError(f"The task process exited with code {proc.returncode}. See {log_path}:\n{tail}")
-        return json.loads((run_dir / "metrics.json").read_text())
+        task = warm_task.take()
+        if task is not None:
+            why = task.unsuitable_because(cfg) if "tensorflow" not in sys.modules else "TensorFlow is already imported here"
+            if why is not None:
+                log.info("training in a spawned task process instead of the warm one: %s", why)
+                task.discard()
+                task = None
+        if task is None:
+            task = warm_task.spawn(cfg, run_dir)
+        return task.run(cfg, run_dir, _overrides(), _logging_config())
 
 
 def _logging_config() -> Optional[dict]:

@@ -5,31 +5,35 @@ a task died (``backend.max_restarts``), stop everything at the end — is the sa
 it lives here in :class:`ClusterBackend`; this module's :class:`ProcessesBackend` starts tasks as local
 child processes and ``backend=ray`` (``ray_backend.py``) starts them from Ray actors.
 
-A job is done when its training tasks finished: the chief (or worker 0 without a chief) and, under
-multi_worker_mirrored, every worker. ps and worker servers of parameter_server never end by themselves and
-are stopped then; the evaluator gets ``backend.evaluator_grace_s`` to evaluate the last checkpoint.
+A job is done when its training tasks finished: every chief and worker task, except those of the roles the
+strategy runs as servers (``Strategy.server_roles``: the ps and worker tasks of parameter_server), which
+never end by themselves and are stopped then; the evaluator gets ``backend.evaluator_grace_s`` to evaluate
+the last checkpoint.
 """
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from orchestrator.launch.base import Backend
 from orchestrator.errors import ConfigError, TaskFailedError
-from orchestrator.artifacts.run_record import write_json
+from orchestrator.runtime import supervisor
+from orchestrator.artifacts.run_record import RunRecord
+import strategies
 from strategies import tf_config
 from strategies.tf_config import TaskSpec
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class ClusterBackend(Backend):
 
     launches_clusters = True
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         if not tf_config.has_cluster(cfg.cluster):
             raise ConfigError("cluster", cfg.cluster.name,
                               f"backend={self.name} launches a TensorFlow cluster, but none is declared. Choose one, e.g. "
@@ -146,22 +150,20 @@ class ClusterBackend(Backend):
         for key in ("start_timeout_s", "stop_timeout_s", "evaluator_grace_s"):
             if getattr(b, key) < 0:
                 raise ConfigError(f"backend.{key}", getattr(b, key), "Use a duration in seconds >= 0.")
-        if b.inject_fault:
-            check_fault(cfg)
 
     # ------------------------------------------------------------------ what subclasses provide
-    def prepare(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec]) -> None:
+    def prepare(self, cfg: ExperimentConfig, run_dir: Path, tasks: List[TaskSpec]) -> None:
         """Acquire what the job's tasks run on (called once per job)."""
 
     @abstractmethod
-    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+    def launch(self, cfg: ExperimentConfig, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
         """Start every task of one attempt with its TF_CONFIG; return their handles."""
 
     def release(self) -> None:
         """Release what :meth:`prepare` acquired (called once, also after failure or Ctrl-C)."""
 
     # ------------------------------------------------------------------------------ supervision
-    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
         run_dir = Path(run_dir)
         (run_dir / "tasks").mkdir(parents=True, exist_ok=True)
         tasks = tf_config.plan_tasks(cfg.cluster)
@@ -177,7 +179,7 @@ class ClusterBackend(Backend):
             handles.clear()
 
         atexit.register(stop_all)
-        previous = _raise_on_sigterm()
+        supervisor.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C, through stop_all below
         try:
             self.prepare(cfg, run_dir, tasks)
             while True:
@@ -202,28 +204,20 @@ class ClusterBackend(Backend):
                 self.release()
             finally:
                 atexit.unregister(stop_all)
-                signal.signal(signal.SIGTERM, previous)
-        metrics_path = run_dir / "metrics.json"
-        if not metrics_path.exists():
+        record = RunRecord(run_dir)
+        if record.metrics() is None:
             chief = _primary(tasks)
-            raise TaskFailedError(f"The chief {chief.name} ended without writing {metrics_path}. "
+            raise TaskFailedError(f"The chief {chief.name} ended without writing {run_dir / 'metrics.json'}. "
                                   f"See its log: {run_dir / 'tasks' / (chief.slug + '.log')}")
-        metrics = json.loads(metrics_path.read_text())
-        metrics["restarts"] = restarts
-        metrics["backend"] = self.name
-        metrics["tasks"] = {t.name: str(run_dir / "tasks" / f"{t.slug}.log") for t in tasks}
-        write_json(metrics_path, metrics)
-        return metrics
+        return record.add_facts({"restarts": restarts, "backend": self.name,
+                                 "tasks": {t.name: str(run_dir / "tasks" / f"{t.slug}.log") for t in tasks}})
 
-    def _supervise(self, cfg: Any, handles: Sequence[TaskHandle]) -> Optional[Tuple[TaskHandle, int]]:
+    def _supervise(self, cfg: ExperimentConfig, handles: Sequence[TaskHandle]) -> Optional[Tuple[TaskHandle, int]]:
         """Wait for the job to finish; return the first failed task and its exit code, or None on success."""
-        parameter_server = cfg.strategy.name == "parameter_server"
-        primary = _primary([h.task for h in handles])
+        servers = strategies.get(cfg.strategy.name).server_roles
 
         def trains(t: TaskSpec) -> bool:
-            if t.role == "evaluator":
-                return False
-            return t.name == primary.name if parameter_server else t.role in ("chief", "worker")
+            return t.role in ("chief", "worker") and t.role not in servers
 
         done_at: Optional[float] = None
         while True:
@@ -240,7 +234,7 @@ class ClusterBackend(Backend):
                 if not evaluator:
                     return None
                 done_at = done_at or time.monotonic()
-                if time.monotonic() - done_at > float(cfg.backend.evaluator_grace_s):
+                if time.monotonic() - done_at > cfg.backend.evaluator_grace_s:
                     log.warning("the evaluator did not finish within backend.evaluator_grace_s=%s after training; stopping it",
                                 cfg.backend.evaluator_grace_s)
                     return None
@@ -256,87 +250,38 @@ def _primary(tasks: Sequence[TaskSpec]) -> TaskSpec:
     return tasks[0]
 
 
-def check_fault(cfg: Any) -> None:
-    """``backend.inject_fault`` is ``role:index@epoch`` naming a training task of the cluster."""
-    spec = str(cfg.backend.inject_fault)
-    task, _, epoch = spec.partition("@")
-    names = {t.name for t in tf_config.plan_tasks(cfg.cluster) if t.role != "evaluator"}
-    if task not in names or not epoch.isdigit() or not 1 <= int(epoch) <= int(cfg.trainer.epochs):
-        raise ConfigError("backend.inject_fault", spec,
-                          f"Use role:index@epoch with a training task of the cluster ({', '.join(sorted(names))}) and an epoch in "
-                          f"1..{cfg.trainer.epochs}, e.g. worker:1@2; or null.")
-
-
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so that every task is stopped on the way out."""
-
-
-def _raise_on_sigterm():
-    def handler(signum, frame):
-        raise _Interrupted()
-
-    if threading.current_thread() is not threading.main_thread():
-        return signal.getsignal(signal.SIGTERM)
-    return signal.signal(signal.SIGTERM, handler)
-
-
 # ------------------------------------------------------------------------------------- processes
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if tfscale itself dies without cleaning up (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class LocalProcess(TaskHandle):
-    """A task as a child process in its own process group, its output pumped into the task log."""
+    """A task as a child process in its own process group (see the supervisor), its output pumped into the task log."""
 
     def __init__(self, task: TaskSpec, argv: List[str], env: Dict[str, str], log_path: Path, *, stream: bool,
                  cwd: Optional[str] = None):
         super().__init__(task, log_path)
         self._echo = _Echo(task, log_path, stream)
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self.child = supervisor.start(argv, env=env, cwd=cwd, stdout=supervisor.PIPE, stderr=supervisor.STDOUT)
         self._reader = threading.Thread(target=self._pump, name=f"log-{task.slug}", daemon=True)
         self._reader.start()
 
     def _pump(self) -> None:
-        stream = self.proc.stdout
+        stream = self.child.stdout
         for chunk in iter(lambda: stream.read1(65536), b""):
             self._echo.write(chunk)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.child.pid
 
     def poll(self) -> Optional[int]:
-        code = self.proc.poll()
+        code = self.child.poll()
         if code is not None:
             self._reader.join(timeout=5)
         return code
 
     def stop(self, timeout: float) -> None:
-        if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # The group may hold processes the task started, even after the task itself exited.
-        _signal_group(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        # Also kills what the task started in its group, even after the task itself exited.
+        self.child.stop(timeout)
         self._reader.join(timeout=5)
         self._echo.close()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class ProcessesBackend(ClusterBackend):
@@ -344,11 +289,11 @@ class ProcessesBackend(ClusterBackend):
 
     name = "processes"
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         super().check(cfg)
         tf_config.check_local_hosts(cfg, self.name)
 
-    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+    def launch(self, cfg: ExperimentConfig, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
         host = str(cfg.cluster.host)
         addresses = tf_config.assign_addresses(tasks, lambda t: f"{host}:{free_port(host)}")
         configs = tf_config.tf_configs(tasks, addresses)

@@ -16,12 +16,15 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from orchestrator.launch.processes import (ClusterBackend, TaskHandle, _Echo, task_command, task_environment)
 from orchestrator.errors import ConfigError, TaskFailedError
 from strategies import tf_config
 from strategies.tf_config import TaskSpec
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +51,19 @@ class TaskActor:
         return f"{ip}:{port or free_port('0.0.0.0')}"
 
     def start(self, argv: List[str], extra_env: Dict[str, str], cwd: str) -> int:
-        import subprocess
         import tempfile
 
-        from orchestrator.launch.processes import _die_with_parent
+        from orchestrator.runtime import supervisor
 
         fd, self.log_path = tempfile.mkstemp(prefix="tfscale-task-", suffix=".log")
         env = dict(os.environ)
         env.update(extra_env)
         self.offset = 0
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd if os.path.isdir(cwd) else None, stdout=fd,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
-        os.close(fd)
+        try:
+            self.proc = supervisor.start(argv, env=env, cwd=cwd if os.path.isdir(cwd) else None, stdout=fd,
+                                         stderr=supervisor.STDOUT)
+        finally:
+            os.close(fd)
         return self.proc.pid
 
     def poll(self):
@@ -75,21 +78,9 @@ class TaskActor:
         return code, data
 
     def stop(self, timeout: float) -> Optional[int]:
-        import signal
-        import subprocess
-
         if self.proc is None:
             return None
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, None)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.proc.returncode
+        return self.proc.stop(timeout)
 
     def cleanup(self) -> None:
         if self.log_path and os.path.exists(self.log_path):
@@ -158,7 +149,7 @@ class RayBackend(ClusterBackend):
         self._started_ray = False
         self._pg = None
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         super().check(cfg)
         b = cfg.backend
         if b.ray_address is not None and not _ADDRESS.match(str(b.ray_address)):
@@ -169,21 +160,19 @@ class RayBackend(ClusterBackend):
             raise ConfigError("backend.ray_num_cpus", b.ray_num_cpus, "Give a positive CPU count, or null.")
 
     # ------------------------------------------------------------------------------------------ Ray
-    def prepare(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec]) -> None:
+    def prepare(self, cfg: ExperimentConfig, run_dir: Path, tasks: List[TaskSpec]) -> None:
         import ray
+
+        from orchestrator.launch import ray_session
 
         b = cfg.backend
         if not ray.is_initialized():
-            if b.ray_address:
-                ray.init(address=str(b.ray_address), log_to_driver=False, logging_level=logging.WARNING)
-            else:
-                # Task processes are ordinary processes on this machine: offer Ray at least the CPUs the
-                # roles ask for, so a cluster bigger than the core count still gets scheduled.
-                wanted = sum(t.cpus for t in tasks)
-                num_cpus = int(b.ray_num_cpus or max(os.cpu_count() or 1, -(-wanted // 1)))
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            self._started_ray = not b.ray_address
+            # Task processes are ordinary processes on this machine: offer a local Ray at least the CPUs the
+            # roles ask for, so a cluster bigger than the core count still gets scheduled.
+            wanted = sum(t.cpus for t in tasks)
+            address = str(b.ray_address) if b.ray_address else None
+            ray_session.connect(address, int(b.ray_num_cpus or max(os.cpu_count() or 1, -(-wanted // 1))))
+            self._started_ray = not ray_session.attaches(address)
         if b.placement_strategy:
             from ray.util.placement_group import placement_group
 
@@ -195,7 +184,7 @@ class RayBackend(ClusterBackend):
                                       f"placement_strategy={b.placement_strategy} within {b.start_timeout_s}s; "
                                       f"cluster resources: {ray.cluster_resources()}") from None
 
-    def _actor(self, cfg: Any, task: TaskSpec, position: int) -> Any:
+    def _actor(self, cfg: ExperimentConfig, task: TaskSpec, position: int) -> Any:
         options: Dict[str, Any] = {"num_cpus": task.cpus, "num_gpus": task.gpus}
         if task.memory_mb:
             options["memory"] = int(task.memory_mb) * 1024 * 1024
@@ -208,7 +197,7 @@ class RayBackend(ClusterBackend):
             options["resources"] = {f"node:{tf_config.split_address(task.address)[0]}": 0.001}
         return remote_actor().options(**options).remote()
 
-    def launch(self, cfg: Any, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
+    def launch(self, cfg: ExperimentConfig, run_dir: Path, tasks: List[TaskSpec], attempt: int) -> List[TaskHandle]:
         import ray
 
         actors = [self._actor(cfg, t, i) for i, t in enumerate(tasks)]

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -43,6 +42,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from orchestrator.errors import ConfigError, TfscaleError
+from orchestrator.launch.trial_channel import TrialChannel
+from orchestrator.runtime import supervisor
 
 log = logging.getLogger("tfscale.study")
 
@@ -51,7 +52,7 @@ _SWEEPER_KEYS = ("name", "param_map")
 
 
 # ------------------------------------------------------------------------------------ study spec
-def study_spec(node: Any) -> Tuple[Any, str]:
+def study_spec(node: Optional[Mapping[str, Any]]) -> Tuple[Any, str]:
     """The :class:`StudySpec` and name of the root ``study:`` config node.
 
     Raises:
@@ -132,18 +133,17 @@ def epoch_key(tag: str) -> Optional[str]:
     return None
 
 
-def objective_from_files(job_dir: Path, tag: str) -> Optional[float]:
+def objective_from_files(channel: TrialChannel, tag: str) -> Optional[float]:
     """The last value of ``tag`` in the trial's TensorBoard event files, else in its reported metrics."""
-    from tuners import read_reported_metrics, read_tb_scalar
-    from orchestrator.launch.hydra_launchers import REPORTED_METRICS
+    from tuners import read_tb_scalar
 
     try:
-        values = read_tb_scalar(_tb_dir(job_dir), tag)
+        values = read_tb_scalar(_tb_dir(channel.dir), tag)
     except ValueError as exc:  # the bare tag is in several event directories
         raise ConfigError("study.metric.tag", tag, str(exc)) from None
     if values:
         return float(values[-1][1])
-    reported = read_reported_metrics(job_dir / REPORTED_METRICS, tag)
+    reported = channel.reported_metrics(tag)
     return float(reported[-1]["value"]) if reported else None
 
 
@@ -152,15 +152,14 @@ def _tb_dir(job_dir: Path) -> Path:
     return job_dir / "tensorboard" if (job_dir / "tensorboard").is_dir() else job_dir
 
 
-def tags_found(metrics: Any, job_dir: Path) -> List[str]:
+def tags_found(metrics: Any, channel: TrialChannel) -> List[str]:
     """Every metric name a trial reported: return value paths, TensorBoard tags, report_metric tags."""
-    from tuners import list_tb_tags, read_reported_metrics
-    from orchestrator.launch.hydra_launchers import REPORTED_METRICS
+    from tuners import list_tb_tags
 
     found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
     found = [k for k in found if not k.startswith("history.")]
-    found += list_tb_tags(_tb_dir(job_dir)) if job_dir.exists() else []
-    found += sorted({r.get("tag") for r in read_reported_metrics(job_dir / REPORTED_METRICS)} - {None})
+    found += list_tb_tags(_tb_dir(channel.dir)) if channel.dir.exists() else []
+    found += sorted({r.get("tag") for r in channel.reported_metrics()} - {None})
     return found
 
 
@@ -193,6 +192,8 @@ class StudySweeper(Sweeper):
         self.launcher: Any = None
         self._task_function: Optional[TaskFunction] = None
         self._tag_seen = False
+        self._channels: Dict[int, TrialChannel] = {}  # validated trials not launched yet
+        self._validated: Set[Tuple[str, ...]] = set()  # override lists whose config passed validate()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -203,8 +204,9 @@ class StudySweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from tuners import StudyFailedError, StudySpecError, StudyStoreError
 
-        previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
-            else None
+        # SIGTERM ends the driver like Ctrl-C: the launchers stop the running trials and the study store keeps
+        # them ACTIVE, so the next run of the same command re-runs them.
+        supervisor.install_signal_handlers()
         try:
             return self._sweep(list(arguments))
         except StudySpecError as exc:
@@ -222,13 +224,11 @@ class StudySweeper(Sweeper):
             print(f"tfscale: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except (KeyboardInterrupt, SystemExit) as exc:
-            # Running trials are stopped by the launchers' exit handlers and stay ACTIVE in the store.
-            print("[study] interrupted: running trials were stopped; run the same command again to resume.",
+            # Running trials are stopped by the launchers (and the supervisor at exit) and stay ACTIVE in the store.
+            word = supervisor.interruption(exc) if isinstance(exc, KeyboardInterrupt) else "interrupted"
+            print(f"[study] {word}: running trials were stopped; run the same command again to resume.",
                   file=sys.stderr, flush=True)
-            raise SystemExit(exc.code if isinstance(exc, SystemExit) else 130) from None
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            raise SystemExit(exc.code if isinstance(exc, SystemExit) else supervisor.exit_code(exc)) from None
 
     def _sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
         from tuners import Study, progress_line, write_results
@@ -287,29 +287,44 @@ class StudySweeper(Sweeper):
                                   "not combine with it. Give one value, or add the key to the study's parameters.")
         return list(arguments)
 
-    def _compose_and_validate(self, overrides: List[str]) -> None:
+    def _compose_and_validate(self, overrides: List[str], trial_id: int) -> TrialChannel:
+        """Compose and validate a trial's config in the driver; the trial's channel.
+
+        This is the one composition of a trial besides the launcher's own (the trial process composes
+        nothing: it gets the launcher's config). It is needed because the launcher runs any Hydra app and
+        knows nothing of tfscale's validation: composing here lets the study record an invalid suggestion
+        (e.g. momentum=1.0 for SGD) as FAILED without starting a process, stops a study whose base config
+        is wrong before any compute, and tells the sweeper the trial's directory to watch while it runs.
+        """
         from orchestrator.config.compose import translate_compose_error
         from orchestrator.config.validation import validate
+        from orchestrator.launch.hydra_launchers import compose_job
 
         try:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            cfg = compose_job(self.hydra_context, self.config, overrides, trial_id)
         except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
             raise translate_compose_error(exc, overrides) from exc
-        validate(cfg)
+        if tuple(overrides) not in self._validated:  # the probe of _validate is often the first trial itself
+            validate(cfg)
+            self._validated.add(tuple(overrides))
+        return TrialChannel.of_job(cfg)
 
     def _validate(self, spec: Any, base: List[str]) -> None:
         """Compose and validate the first suggestion's config, so a bad base config fails before any trial."""
         from tuners import Study
 
         probe = Study(spec).suggest(1)[0]
-        self._compose_and_validate(base + probe.overrides())
+        self._compose_and_validate(base + probe.overrides(), probe.id)
 
     def _drop_invalid(self, study: Any, base: List[str], trials: List[Any]) -> List[Any]:
-        """Fail (without a process) suggestions whose config does not validate, e.g. momentum=1.0 for SGD."""
+        """Fail (without a process) suggestions whose config does not validate, e.g. momentum=1.0 for SGD.
+
+        The trials kept get their channel (``self._channels``).
+        """
         keep = []
         for trial in trials:
             try:
-                self._compose_and_validate(base + trial.overrides())
+                self._channels[trial.id] = self._compose_and_validate(base + trial.overrides(), trial.id)
             except ConfigError as exc:
                 print(f"[study] trial {trial.id}: invalid config, not run: {exc}", flush=True)
                 study.fail(trial.id, str(exc))
@@ -318,19 +333,13 @@ class StudySweeper(Sweeper):
         return keep
 
     # -- one batch ----------------------------------------------------------------------------------
-    def _job_dir(self, overrides: List[str], trial_id: int) -> Path:
-        from orchestrator.launch.hydra_launchers import prepare_job
-
-        return prepare_job(self.hydra_context, self.config, overrides, trial_id).dir
-
     def _run_batch(self, study: Any, base: List[str], trials: List[Any]) -> Sequence[JobReturn]:
         from tuners import TunerError
-        from orchestrator.launch.hydra_launchers import STOP_FILE
 
         overrides = [base + t.overrides() for t in trials]
-        dirs = {t.id: self._job_dir(o, t.id) for t, o in zip(trials, overrides)}
-        for d in dirs.values():
-            (d / STOP_FILE).unlink(missing_ok=True)
+        channels = {t.id: self._channels.pop(t.id) for t in trials}
+        for channel in channels.values():
+            channel.reset()  # a re-run of an interrupted trial starts from a clean directory
         seen = {t.id: {step for step, _ in t.curve(study.spec.metric.tag)} for t in trials}
         stopped: set = set()
         batch = _Batch(self.launcher, overrides, trials[0].id)
@@ -339,10 +348,9 @@ class StudySweeper(Sweeper):
         while batch.is_alive():
             batch.join(self.poll_interval_s)
             for trial in trials:
-                if trial.id not in stopped and self._measure(study, trial.id, dirs[trial.id], seen[trial.id]):
+                if trial.id not in stopped and self._measure(study, trial.id, channels[trial.id], seen[trial.id]):
                     stopped.add(trial.id)
-                    dirs[trial.id].mkdir(parents=True, exist_ok=True)
-                    (dirs[trial.id] / STOP_FILE).touch()
+                    channels[trial.id].request_stop()
                     print(f"[study] trial {trial.id}: stopped early by the {study.spec.early_stopping.rule.name} "
                           f"rule", flush=True)
         if batch.error is not None:
@@ -352,18 +360,17 @@ class StudySweeper(Sweeper):
         for trial, ret in zip(trials, returns):
             # Record every trial of the batch before reporting a study-level error, so none is re-run.
             try:
-                self._measure(study, trial.id, dirs[trial.id], seen[trial.id], final=True)
-                self._record(study, trial, ret, dirs[trial.id], trial.id in stopped)
+                self._measure(study, trial.id, channels[trial.id], seen[trial.id], final=True)
+                self._record(study, trial, ret, channels[trial.id], trial.id in stopped)
             except (TfscaleError, TunerError) as exc:
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
         return returns
 
-    def _measure(self, study: Any, trial_id: int, job_dir: Path, seen: set, final: bool = False) -> bool:
+    def _measure(self, study: Any, trial_id: int, channel: TrialChannel, seen: set, final: bool = False) -> bool:
         """Feed new per-epoch values of the metric to the study; True if the trial should be stopped."""
-        from tuners import TrialStatus, read_reported_metrics
-        from orchestrator.launch.hydra_launchers import REPORTED_METRICS
+        from tuners import TrialStatus
 
         if study.trial(trial_id).status is not TrialStatus.ACTIVE:
             return False
@@ -371,10 +378,10 @@ class StudySweeper(Sweeper):
         key = epoch_key(tag)
         points: List[Tuple[int, float]] = []
         if key is not None:
-            for record in _read_jsonl(job_dir / "epochs.jsonl"):
+            for record in channel.epochs():
                 if key in record and "epoch" in record:
                     points.append((int(record["epoch"]), float(record[key])))
-        for record in read_reported_metrics(job_dir / REPORTED_METRICS, tag):
+        for record in channel.reported_metrics(tag):
             if record.get("step") is not None:
                 points.append((int(record["step"]), float(record["value"])))
         decision = False
@@ -385,9 +392,9 @@ class StudySweeper(Sweeper):
             decision = bool(study.add_measurement(trial_id, step, value)) or decision
         return decision and not final
 
-    def _record(self, study: Any, trial: Any, ret: JobReturn, job_dir: Path, stopped: bool) -> None:
+    def _record(self, study: Any, trial: Any, ret: JobReturn, channel: TrialChannel, stopped: bool) -> None:
         tag = study.spec.metric.tag
-        log_path = str(job_dir / "trial.log") if (job_dir / "trial.log").exists() else str(job_dir)
+        log_path = str(channel.log_path if channel.log_path.exists() else channel.dir)
         if stopped:
             study.trial(trial.id).log_path = log_path
             study.stop(trial.id)
@@ -400,11 +407,13 @@ class StudySweeper(Sweeper):
             study.fail(trial.id, error, log_path=log_path)
             return
         metrics = ret.return_value
+        if metrics is None:  # a task function that records its results without returning them
+            metrics = channel.final_metrics()
         objective = objective_from_metrics(metrics, tag)
         if objective is None:
-            objective = objective_from_files(job_dir, tag)
+            objective = objective_from_files(channel, tag)
         if objective is None:
-            found = tags_found(metrics, job_dir)
+            found = tags_found(metrics, channel)
             message = (f"trial {trial.id} reported no metric {tag!r}. Metrics it reported: "
                        f"{', '.join(found) or 'none'}. Set study.metric.tag to one of them (e.g. accuracy = "
                        f"validation.accuracy), or report it with tuners.report_metric(value, tag={tag!r}).")
@@ -425,27 +434,3 @@ def _contiguous(trials: List[Any]) -> List[List[Any]]:
         else:
             runs.append([trial])
     return runs
-
-
-def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
-    import json
-
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:  # the last line may be half-written
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM ends the driver like Ctrl-C: the launchers' exit handlers stop the running trials and the
-    # study store keeps them ACTIVE, so the next run of the same command re-runs them.
-    raise SystemExit(128 + signum)

@@ -3,16 +3,21 @@
 The project is packaged as an sdist, staged to Cloud Storage and run with a ``python_package_spec`` (or the
 container in ``vertex.image``); every replica runs ``tfscale <overrides> backend=local`` and reads its role
 from the TF_CONFIG Vertex sets, through the same code path as every other backend. ``vertex.dry_run=true``
-prints the request and the gcloud command and contacts nothing.
+prints the request and the gcloud command and contacts nothing. What is printed and written to the run
+directory is redacted (:mod:`orchestrator.artifacts.redact`); the job is submitted as configured.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from orchestrator.launch.base import Backend
-from orchestrator.artifacts.run_record import git_state, write_json
+from orchestrator.artifacts.redact import redact
+from orchestrator.artifacts.run_record import RunRecord, git_state
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 
 class VertexBackend(Backend):
@@ -21,12 +26,12 @@ class VertexBackend(Backend):
     name = "vertex"
     launches_clusters = True
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: ExperimentConfig) -> None:
         from orchestrator.vertex.checks import check_job
 
         check_job(cfg)
 
-    def run(self, cfg: Any, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
         from orchestrator.vertex import job_spec, packaging
 
         run_dir = Path(run_dir)
@@ -40,7 +45,7 @@ class VertexBackend(Backend):
         body = job_spec.custom_job(cfg, overrides=overrides, package_uris=package_uris, display_name=display_name, git_sha=sha)
         return self._submit(cfg, run_dir, body, kind="custom-jobs", what="CustomJob", extra={})
 
-    def _run_tuning(self, cfg: Any, run_dir: Path, display_name: str, sha: Any, overrides: List[str],
+    def _run_tuning(self, cfg: ExperimentConfig, run_dir: Path, display_name: str, sha: Any, overrides: List[str],
                     package_uris: List[str]) -> Dict[str, Any]:
         from orchestrator.vertex import tuning
 
@@ -49,7 +54,7 @@ class VertexBackend(Backend):
         extra = {"max-trial-count": body["maxTrialCount"], "parallel-trial-count": body["parallelTrialCount"]}
         return self._submit(cfg, run_dir, body, kind="hp-tuning-jobs", what="HyperparameterTuningJob", extra=extra, spec=spec)
 
-    def _submit(self, cfg: Any, run_dir: Path, body: Dict[str, Any], *, kind: str, what: str, extra: Dict[str, Any],
+    def _submit(self, cfg: ExperimentConfig, run_dir: Path, body: Dict[str, Any], *, kind: str, what: str, extra: Dict[str, Any],
                 spec: Any = None) -> Dict[str, Any]:
         from google.cloud import aiplatform_v1
 
@@ -58,14 +63,15 @@ class VertexBackend(Backend):
 
         v = cfg.vertex
         message = to_proto(getattr(aiplatform_v1, what), body)
-        request_json = to_json(message)
-        (run_dir / "vertex_request.json").write_text(request_json + "\n")
+        request_json = to_json(to_proto(getattr(aiplatform_v1, what), redact(body)))  # the copy shown and kept
+        record = RunRecord(run_dir)
+        record.write_text("vertex_request.json", request_json + "\n")
         # gcloud reads a CustomJobSpec for custom-jobs, and the job's remaining fields for hp-tuning-jobs.
         parsed = json.loads(request_json)
         gcloud_body = parsed["jobSpec"] if what == "CustomJob" else {
             k: val for k, val in parsed.items() if k not in ("displayName", "labels", "maxTrialCount", "parallelTrialCount")}
         config_path = jobs.write_gcloud_config(run_dir / "vertex_job.yaml", gcloud_body)
-        command = jobs.gcloud_command(kind, cfg, body["displayName"], config_path, body.get("labels") or {}, extra)
+        command = jobs.gcloud_command(kind, cfg, body["displayName"], config_path, parsed.get("labels") or {}, extra)
         facts: Dict[str, Any] = {"kind": what, "display_name": body["displayName"], "parent": parent(cfg),
                                  "request": str(run_dir / "vertex_request.json"), "gcloud": command}
         if v.dry_run:
@@ -86,7 +92,7 @@ class VertexBackend(Backend):
             cancel = lambda: client.cancel_hyperparameter_tuning_job(name=job.name)  # noqa: E731
         facts["job"] = job.name
         print(f"tfscale: submitted vertex {what} {job.name}", flush=True)
-        write_json(run_dir / "vertex.json", facts)
+        record.write_json("vertex.json", facts)
         if not v.wait:
             return _record(run_dir, facts)
         try:
@@ -94,7 +100,7 @@ class VertexBackend(Backend):
         except Exception:
             _save_job(run_dir, get)
             raise
-        (run_dir / "vertex_job.json").write_text(to_json(final) + "\n")
+        record.write_json("vertex_job.json", json.loads(to_json(final)))
         facts["state"] = jobs.state_name(final)
         if spec is not None:
             from orchestrator.vertex import tuning
@@ -120,16 +126,16 @@ def _save_job(run_dir: Path, get: Any) -> None:
     from orchestrator.vertex.job_spec import to_json
 
     try:
-        (run_dir / "vertex_job.json").write_text(to_json(get()) + "\n")
+        RunRecord(run_dir).write_json("vertex_job.json", json.loads(to_json(get())))
     except Exception:  # the record is a courtesy; the job's own error is what gets raised
         pass
 
 
 def _record(run_dir: Path, facts: Dict[str, Any]) -> Dict[str, Any]:
-    metrics = {"vertex": facts, "epochs": None, "replicas": None, "strategy": None, "examples_per_second": None}
-    write_json(run_dir / "vertex.json", facts)
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    record = RunRecord(run_dir)
+    record.write_json("vertex.json", facts)
+    return record.add_facts({"vertex": facts, "epochs": None, "replicas": None, "strategy": None,
+                             "examples_per_second": None})
 
 
 def _overrides() -> List[str]:

@@ -1,4 +1,4 @@
-"""The task process of a single local run, started before the config is composed.
+"""Task processes of a single local run: forked warm before the config is composed, or spawned.
 
 Importing TensorFlow and tf_keras takes seconds; composing and validating the config takes a few tenths of
 a second. ``tfscale`` therefore forks its task process first thing: the child imports the training stack
@@ -8,19 +8,23 @@ hands it. On a machine with two or more cores the composition costs no wall time
 The child only imports modules: it neither lists devices nor runs an op, so the device topology is still
 applied before TensorFlow's runtime initialises. Environment variables TensorFlow reads at *import* time
 (``CUDA_VISIBLE_DEVICES`` among them) are the exception: when the run's topology would change one of them,
-the child is not used and the run goes the cold way (in the parent process).
+the forked child is not used and :func:`spawn` starts ``python -m orchestrator.launch.task_main RUN_DIR
+--job-fd N --reply-fd M`` with that environment in place. Both kinds speak the same protocol over two pipes
+(the job in, one reply out) and run the same code (:func:`task_process_main`), so a run reports the same
+summary, the same error line and the same exit code whichever of them trained it. The ``tfscale`` process
+itself never trains.
 
 Guarantees:
 
 - The parent never imports TensorFlow, so config errors and ``--cfg``/``--help`` stay fast and light;
   an unused child is killed when the parent exits.
-- The child dies with its parent (``PR_SET_PDEATHSIG`` on Linux, plus a watch on the pipe), and the parent
-  kills and reaps the child on every way out — success, failure, Ctrl-C — so no process is left behind.
-- ``TFSCALE_WARM_TASK=0`` turns the mechanism off (every run is then cold).
+- A task process dies with its parent (``PR_SET_PDEATHSIG`` plus a watch on the job pipe, see
+  :mod:`orchestrator.runtime.supervisor`), and the parent stops and reaps it on every way out — success,
+  failure, Ctrl-C, SIGTERM — so no process is left behind.
+- ``TFSCALE_WARM_TASK=0`` turns the fork off (every run then spawns its task process).
 """
 from __future__ import annotations
 
-import atexit
 import os
 import pickle
 import signal
@@ -28,9 +32,14 @@ import struct
 import sys
 import threading
 import traceback
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from orchestrator.errors import TaskFailedError, TfscaleError
+from orchestrator.runtime import supervisor
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 #: Environment that tfscale always sets before TensorFlow is imported (see ``topology.set_process_environment``).
 IMPORT_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_USE_LEGACY_KERAS": "1"}
@@ -38,7 +47,8 @@ IMPORT_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_USE_LEGACY_KERAS": "1"}
 IMPORT_TIME_PREFIXES = ("CUDA_", "TF_", "XLA_", "NVIDIA_", "LD_", "OMP_", "KMP_", "MKL_")
 
 _HEADER = struct.Struct("!Q")
-_current: Optional["WarmTask"] = None
+_current: Optional["TaskProcess"] = None
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class RemoteTaskError(TfscaleError):
@@ -81,32 +91,57 @@ def enabled(env: Optional[Dict[str, str]] = None) -> bool:
     return hasattr(os, "fork") and env.get("TFSCALE_WARM_TASK", "1") not in ("0", "false", "no", "off")
 
 
-def start() -> Optional["WarmTask"]:
+def start() -> Optional["TaskProcess"]:
     """Fork the warm task process (once per ``tfscale`` process); None where fork is unavailable or off."""
     global _current
     if _current is not None or not enabled() or "tensorflow" in sys.modules:
         return _current
     if threading.active_count() > 1:  # forking a threaded process (an embedding application) is unsafe
         return None
-    sys.stdout.flush()
-    sys.stderr.flush()
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
-    parent_pid = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
+
+    def child_main() -> int:
         os.close(to_child_w)
         os.close(to_parent_r)
-        _child_main(to_child_r, to_parent_w, parent_pid)
+        return task_process_main(to_child_r, to_parent_w)
+
+    child = supervisor.fork_child(child_main)
     os.close(to_child_r)
     os.close(to_parent_w)
-    _current = WarmTask(pid, to_child_w, to_parent_r, dict(os.environ))
-    atexit.register(_current.discard)
+    _current = TaskProcess(child, to_child_w, to_parent_r, dict(os.environ), forked=True)
     return _current
 
 
-def take() -> Optional["WarmTask"]:
-    """The warm task process, handed out once (a second job in the same process runs cold)."""
+def spawn(cfg: ExperimentConfig, run_dir: Any) -> "TaskProcess":
+    """Start a fresh task process for ``cfg``, the environment TensorFlow reads at import time already in place."""
+    from orchestrator.training.topology import set_process_environment
+
+    env = dict(os.environ)
+    env.update(IMPORT_ENV)
+    set_process_environment(cfg.topology, env=env)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    argv = [sys.executable, "-m", "orchestrator.launch.task_main", str(Path(run_dir).resolve()),
+            "--job-fd", str(to_child_r), "--reply-fd", str(to_parent_w)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        child = supervisor.start(argv, env=env, pass_fds=(to_child_r, to_parent_w), exit_grace=0.0)
+    except BaseException:
+        os.close(to_child_w)
+        os.close(to_parent_r)
+        raise
+    finally:
+        os.close(to_child_r)
+        os.close(to_parent_w)
+    return TaskProcess(child, to_child_w, to_parent_r, env, forked=False)
+
+
+def take() -> Optional["TaskProcess"]:
+    """The warm task process, handed out once (a second job in the same process spawns its own)."""
     global _current
     task, _current = _current, None
     return task
@@ -119,42 +154,46 @@ def release() -> None:
         task.discard()
 
 
-class WarmTask:
-    """Parent-side handle of the forked task process."""
+class TaskProcess:
+    """Parent-side handle of a task process: the forked warm one (:func:`start`) or a spawned one (:func:`spawn`)."""
 
-    def __init__(self, pid: int, to_child: int, from_child: int, env_at_fork: Dict[str, str]):
-        self.pid = pid
+    def __init__(self, child: supervisor.Child, to_child: int, from_child: int, env: Dict[str, str], *, forked: bool):
+        self.child = child
+        self.pid = child.pid
+        self.forked = forked
         self._to_child = to_child
         self._from_child = from_child
-        self._env_at_fork = env_at_fork
-        self._done = False
+        self._env = env  # what the task runs with; for the forked one, the parent's environment at fork time
+        self._closed = False
 
-    def unsuitable_because(self, cfg: Any) -> Optional[str]:
-        """Why this run cannot use a process that already imported TensorFlow (None if it can)."""
+    def unsuitable_because(self, cfg: ExperimentConfig) -> Optional[str]:
+        """Why this run cannot use this process, which may have imported TensorFlow already (None if it can)."""
+        if not self.forked:
+            return None
         from orchestrator.training.topology import set_process_environment
 
         wanted = dict(IMPORT_ENV)
         wanted.update(set_process_environment(cfg.topology, env={}))
-        seen = dict(self._env_at_fork, **IMPORT_ENV)
+        seen = dict(self._env, **IMPORT_ENV)
         for key, value in wanted.items():
             if seen.get(key) != value:
                 return f"{key}={value} must be set before TensorFlow is imported"
-        for key in set(os.environ) | set(self._env_at_fork):
-            if key.startswith(IMPORT_TIME_PREFIXES) and key not in IMPORT_ENV and os.environ.get(key) != self._env_at_fork.get(key):
+        for key in set(os.environ) | set(self._env):
+            if key.startswith(IMPORT_TIME_PREFIXES) and key not in IMPORT_ENV and os.environ.get(key) != self._env.get(key):
                 return f"{key} changed after the task process imported TensorFlow"
         return None
 
-    def run(self, cfg: Any, run_dir: Any, overrides: List[str], logging_config: Optional[dict]) -> Dict[str, Any]:
-        """Train ``cfg`` in the child; returns its metrics or re-raises its error."""
+    def run(self, cfg: ExperimentConfig, run_dir: Any, overrides: List[str], logging_config: Optional[dict]) -> Dict[str, Any]:
+        """Train ``cfg`` in the task process; returns its metrics or re-raises its error."""
         from orchestrator.training.task import load_run_config
 
-        # Typed and resolved here, while the child is still importing TensorFlow: the child starts training
-        # from exactly what a task process reads from config.resolved.yaml, without paying for the merge.
+        # Typed and resolved here, while the child is still importing TensorFlow: the forked child starts
+        # training from exactly what a spawned one reads from config.resolved.yaml, without paying for the merge.
         try:
             typed = load_run_config(run_dir)
-            job = {"cfg": typed, "splits": _preload_data(typed), "run_dir": str(run_dir),
-                   "overrides": list(overrides), "logging": logging_config, "env": dict(os.environ),
-                   "argv": list(sys.argv), "cwd": os.getcwd()}
+            job = {"cfg": typed if self.forked else None, "splits": _preload_data(typed), "run_dir": str(run_dir),
+                   "overrides": list(overrides), "logging": logging_config,
+                   "env": dict(os.environ) if self.forked else self._env, "argv": list(sys.argv), "cwd": os.getcwd()}
             sys.stdout.flush()
             sys.stderr.flush()
             try:
@@ -163,17 +202,17 @@ class WarmTask:
                 reply = None
             else:
                 reply = _recv(self._from_child)
-            status = self._reap()
-        except KeyboardInterrupt:
+            self._close()
+            status = self.child.wait()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (supervisor.Terminated)
             self.discard(grace=10.0)  # let the task finish its own clean-up first
             raise
         except BaseException:
             self.discard()
             raise
         if reply is None:
-            how = f"was killed by signal {-status}" if status < 0 else f"exited with code {status}"
-            raise TaskFailedError(f"The task process {how} before reporting a result; see the output above "
-                                  f"and {run_dir}.")
+            raise TaskFailedError(f"The task process {_describe(status)} before reporting a result; see the output "
+                                  f"above and {run_dir}.")
         kind, payload = reply
         if kind == "ok":
             return payload
@@ -183,33 +222,19 @@ class WarmTask:
             raise KeyboardInterrupt
         raise TaskFailedError(f"The task process failed:\n{payload}")
 
-    def _reap(self) -> int:
-        self._close_and_forget()
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
-
     def discard(self, grace: float = 0.0) -> None:
-        """Stop and reap the child if it is still there (idempotent).
+        """Stop and reap the task process if it is still there (idempotent).
 
         With ``grace``, the child first gets SIGINT and that many seconds to unwind (it removes what it
-        had half-written); SIGKILL follows if it is still running.
+        had half-written and stops what it started); SIGKILL follows if it is still running.
         """
-        if self._done:
-            return
-        if grace > 0 and _signal_and_wait(self.pid, signal.SIGINT, grace):
-            self._close_and_forget()
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self._reap()
-        except ChildProcessError:
-            self._close_and_forget()
+        self._close()
+        self.child.stop(grace, sig=signal.SIGINT if grace > 0 else signal.SIGKILL)
 
-    def _close_and_forget(self) -> None:
-        self._done = True
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for fd in (self._to_child, self._from_child):
             try:
                 os.close(fd)
@@ -217,32 +242,15 @@ class WarmTask:
                 pass
 
 
-def _signal_and_wait(pid: int, sig: int, timeout: float) -> bool:
-    """Send ``sig`` and wait up to ``timeout`` s for the child to exit; True if it did (and was reaped)."""
-    import time
-
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return True
-        if done:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
+def _describe(status: int) -> str:
+    return f"was killed by signal {-status}" if status < 0 else f"exited with code {status}"
 
 
 #: Data larger than this is loaded by the task process itself rather than sent through the pipe.
 MAX_SENT_DATA_BYTES = 256 * 2**20
 
 
-def _preload_data(cfg: Any) -> Any:
+def _preload_data(cfg: ExperimentConfig) -> Any:
     """The run's data, loaded here if that needs no TensorFlow and this machine has a core to spare.
 
     Loading (scikit-learn's import alone takes most of a second) then overlaps the child's TensorFlow
@@ -267,32 +275,6 @@ def _preload_data(cfg: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- child side
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _watch_parent(fd: int) -> None:
-    """After the job arrived, the only thing on the pipe can be its end: the parent is gone."""
-    def watch() -> None:
-        try:
-            while os.read(fd, 1):
-                pass
-        except OSError:
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="tfscale-parent-watch", daemon=True).start()
-
 
 def _hold_output() -> list:
     """Send fds 1 and 2 to temporary files while TensorFlow is imported.
@@ -345,33 +327,47 @@ def _preload() -> None:
         pass
 
 
-def _child_main(rfd: int, wfd: int, parent_pid: int) -> None:
+def task_process_main(rfd: int, wfd: int) -> int:
+    """Body of a task process, forked or spawned: import the training stack, wait for the job, run it.
+
+    Returns the exit code. The caller exits with ``os._exit`` once it returns: the task has written its
+    files, flushed its logs and reported; the interpreter tear-down of a process holding TensorFlow takes
+    over half a second and adds nothing.
+    """
+    # Ctrl-C's handler even where the parent was started with SIGINT ignored: the parent stops a task
+    # with SIGINT to let it clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    supervisor.install_signal_handlers()
     code = 1
+    held: list = []
     try:
-        _die_with_parent(parent_pid)
         held = _hold_output()
         _preload()
         job = _recv(rfd)
         if job is None:  # the parent did not need us
-            code = 0
-            return
+            return 0
         _release_output(held)
-        _watch_parent(rfd)
+        held = []
+        supervisor.watch_parent(rfd)
         code = _run_job(job, wfd)
-    except BaseException:  # noqa: BLE001 - a forked child must never return into the parent's code
+    except KeyboardInterrupt as exc:  # stopped before the job arrived: nothing to clean up or report
+        if held:
+            _release_output(held)
+        code = supervisor.exit_code(exc)
+    except BaseException:  # noqa: BLE001 - reported through the exit code; the parent raises TaskFailedError
+        if held:
+            _release_output(held)
         traceback.print_exc()
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        supervisor.stop_all()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return code
 
 
 def _run_job(job: Dict[str, Any], wfd: int) -> int:
     import logging
     import logging.config
-    from pathlib import Path
 
     for key in set(os.environ) - set(job["env"]):
         del os.environ[key]
@@ -381,16 +377,20 @@ def _run_job(job: Dict[str, Any], wfd: int) -> int:
     os.chdir(job["cwd"])
     if job["logging"]:
         logging.config.dictConfig(job["logging"])
+    elif not logging.getLogger().handlers:  # a spawned task outside Hydra: log like task_main does
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        from orchestrator.training.task import run_training
+        from orchestrator.training.task import load_run_config, run_training
 
-        metrics = run_training(job["cfg"], Path(job["run_dir"]), overrides=job["overrides"], splits=job["splits"])
+        run_dir = Path(job["run_dir"])
+        cfg = job["cfg"] if job["cfg"] is not None else load_run_config(run_dir)
+        metrics = run_training(cfg, run_dir, overrides=job["overrides"], splits=job["splits"])
         reply, code = ("ok", metrics), 0
     except TfscaleError as exc:
         reply = ("error", {"message": str(exc), "exit_code": exc.exit_code, "type": type(exc).__name__})
         code = exc.exit_code
-    except KeyboardInterrupt:
-        reply, code = ("interrupted", None), 130
+    except KeyboardInterrupt as exc:
+        reply, code = ("interrupted", None), supervisor.exit_code(exc)
     except Exception:  # noqa: BLE001 - reported to the parent, which raises TaskFailedError
         text = traceback.format_exc()
         sys.stderr.write(text)

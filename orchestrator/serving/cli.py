@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -223,6 +222,7 @@ def remove_version(model_base: Path, model: str, version: int, config_path: Opti
     """Move version ``version`` of ``model`` aside (a hidden sibling) and re-point labels that used it."""
     from dataclasses import replace
 
+    from orchestrator.artifacts.publish import move_aside
     from orchestrator.serving.config_files import read_models_config, write_models_config
     from orchestrator.serving.repository import version_dirs
 
@@ -234,7 +234,7 @@ def remove_version(model_base: Path, model: str, version: int, config_path: Opti
     if not remaining:
         raise ConfigError("--remove", version, f"It is the only version of {model}; publish another version first.")
     aside = model_dir / f".removed-{published[version].name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(published[version], aside)
+    move_aside(published[version], aside)
     notes = [f"{model}: version {version} moved to {aside}"]
     if config_path is not None and config_path.exists():
         entries = read_models_config(config_path)

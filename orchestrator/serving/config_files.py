@@ -6,33 +6,28 @@
 - the launch plan (``tensorflow_model_server`` and ``docker run`` command lines) and a Kubernetes
   Deployment + Service manifest.
 
-Every file is written to a temporary sibling and renamed, so a server polling its config never reads half
-a file.
+Every file is written through :mod:`orchestrator.artifacts.publish` (temporary sibling, fsync, rename), so a
+server polling its config never reads half a file, and a server running as another user can read it.
 """
 from __future__ import annotations
 
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from orchestrator.artifacts.publish import write_text
 from orchestrator.errors import ConfigError
 from orchestrator.serving.repository import ModelEntry, VersionPolicy
+
+if TYPE_CHECKING:
+    from orchestrator.config.serving import TfServingDeployConfig
 
 MODELS_CONFIG = "models.config"
 CONTAINER_MODELS_CONFIG = "models.container.config"
 BATCHING_FILE = "batching_parameters.config"
 MONITORING_FILE = "monitoring.config"
 CONTAINER_BASE = "/models"
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a hidden temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------- models.config
@@ -109,7 +104,7 @@ def models_config_text(entries: List[ModelEntry]) -> str:
 def write_models_config(path: str | os.PathLike, entries: List[ModelEntry]) -> Path:
     """Write ``entries`` as the whole ``models.config`` at ``path``."""
     p = Path(path)
-    atomic_write(p, models_config_text(entries))
+    write_text(p, models_config_text(entries))
     return p
 
 
@@ -181,7 +176,7 @@ def server_args(*, grpc_port: int, rest_port: int, config_file: str, batching_fi
     return args
 
 
-def launch_plan(d: Any, model_base: Path) -> Dict[str, Any]:
+def launch_plan(d: TfServingDeployConfig, model_base: Path) -> Dict[str, Any]:
     """The binary and container command lines of a deployment described by ``deploy.tf_serving`` ``d``.
 
     The binary reads ``models.config`` (host paths); the container mounts the repository at ``/models``
@@ -205,7 +200,7 @@ def launch_plan(d: Any, model_base: Path) -> Dict[str, Any]:
             "docker": docker, "docker_command": shlex.join(docker)}
 
 
-def kubernetes_manifest(d: Any, model_base: Path, app: str) -> List[Dict[str, Any]]:
+def kubernetes_manifest(d: TfServingDeployConfig, model_base: Path, app: str) -> List[Dict[str, Any]]:
     """A Deployment (``d.replicas`` pods of ``d.image``, repository mounted at /models) and its Service."""
     base = Path(model_base).resolve()
     labels = {"app": app}

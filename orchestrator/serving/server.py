@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from orchestrator.errors import ConfigError
-from orchestrator.serving.config_files import MODELS_CONFIG, atomic_write, read_models_config
+from orchestrator.artifacts.publish import write_text
+from orchestrator.serving.config_files import MODELS_CONFIG, read_models_config
 from orchestrator.serving.manager import ModelManager
 from orchestrator.serving.repository import ModelEntry, VersionPolicy, discover_models, version_dirs
 
@@ -107,7 +108,7 @@ class EmbeddedServer:
         log.info("serving %s: REST http://%s:%s  gRPC %s:%s%s", ", ".join(self.manager.model_names()), s.host,
                  self.rest_port, s.host, self.grpc_port, " (TLS)" if s.grpc_tls_cert else "")
         if s.ready_file:
-            atomic_write(Path(s.ready_file), json.dumps({"rest_port": self.rest_port, "grpc_port": self.grpc_port,
+            write_text(Path(s.ready_file), json.dumps({"rest_port": self.rest_port, "grpc_port": self.grpc_port,
                                                          "pid": os.getpid(), "host": s.host}))
         return self
 

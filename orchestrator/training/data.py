@@ -16,6 +16,7 @@ import numpy as np
 
 from orchestrator.errors import ConfigError, TaskFailedError
 from orchestrator.config.data import data_format
+from orchestrator.config.schema import DataConfig, DataFormat, DataName
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,20 @@ class Splits:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test))
+
+    # What quantization asks of its data; a streamed source (orchestrator.training.streaming) answers the same.
+    streaming = False
+    evaluation_split = "test"
+
+    def calibration_rows(self, batches: int, batch_size: int, seed: int = 0) -> list:
+        """Up to ``batches`` batches of training rows (a seeded sample, so reruns calibrate alike)."""
+        from orchestrator.artifacts.quantization import calibration_batches
+
+        return calibration_batches(self.x_train, batches, batch_size, seed=seed)
+
+    def evaluation_batches(self, batch_size: int = 4096):
+        """The test split as ``(x, y)`` batches."""
+        return ((self.x_test[i:i + batch_size], self.y_test[i:i + batch_size]) for i in range(0, len(self.x_test), batch_size))
 
 
 def _keras_dataset(name: str, cache_dir: Optional[str]):
@@ -78,16 +93,16 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
+def _load_files(d: DataConfig) -> Tuple[np.ndarray, np.ndarray]:
     fmt = data_format(d.path, d.format)
-    if fmt == "npz":
+    if fmt == DataFormat.npz:
         with np.load(io.BytesIO(_read_bytes(d.path))) as npz:
             for key in (d.features_key, d.label_key):
                 if key not in npz:
                     k = "data.features_key" if key == d.features_key else "data.label_key"
                     raise ConfigError(k, key, f"{d.path} has arrays {sorted(npz.files)}; set {k} to one of them.")
             return npz[d.features_key].astype("float32"), npz[d.label_key].astype("int64")
-    if fmt == "csv":
+    if fmt == DataFormat.csv:
         text = _read_bytes(d.path).decode()
         header = text.splitlines()[0].split(",")
         if d.label_key not in header:
@@ -98,7 +113,7 @@ def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
-    shape = [int(s) for s in d.feature_shape]
+    shape = list(d.feature_shape)
     spec = {d.features_key: tf.io.FixedLenFeature(shape, tf.float32), d.label_key: tf.io.FixedLenFeature([], tf.int64)}
     xs, ys = [], []
     for rec in tf.data.TFRecordDataset([d.path]):
@@ -110,28 +125,26 @@ def _load_files(d: Any) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack(xs).astype("float32"), np.asarray(ys, dtype="int64")
 
 
-def loads_without_tensorflow(d: Any) -> bool:
+def loads_without_tensorflow(d: DataConfig) -> bool:
     """Whether :func:`load_splits` can load ``data`` without TensorFlow (digits; local npz and CSV files).
 
     Such data can be loaded by a process that never imports TensorFlow — the ``tfscale`` parent, while its
     task process is still importing it.
     """
-    if d.name == "digits":
+    if d.name == DataName.digits:
         return True
-    if d.name != "files" or not d.path or "://" in str(d.path):
+    if d.name != DataName.files or not d.path or "://" in d.path:
         return False
     try:
-        return data_format(d.path, d.format) in ("npz", "csv")
+        return data_format(d.path, d.format) in (DataFormat.npz, DataFormat.csv)
     except ConfigError:
         return False
 
 
-def load_splits(d: Any) -> Splits:
+def load_splits(d: DataConfig) -> Splits:
     """Load ``data`` and split it into train/validation/test with ``data.shuffle_seed``."""
-    from sklearn.model_selection import train_test_split
-
     test = None
-    if d.name == "digits":
+    if d.name == DataName.digits:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
@@ -142,10 +155,21 @@ def load_splits(d: Any) -> Splits:
         test = (test[0].astype("float32"), test[1].reshape(-1).astype("int64"))
     else:
         x, y = _load_files(d)
+    return split_arrays(x, y, d, test=test)
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, d: Any, *, test: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Splits:
+    """Split raw arrays three ways as ``data`` says (``limit``, ``validation_split``, ``test_split``, ``shuffle_seed``).
+
+    ``test``: the dataset's own test split, when it has one. ``tfscale data convert`` splits with this too,
+    so converted shards hold exactly the splits the in-memory path trains on.
+    """
+    from sklearn.model_selection import train_test_split
+
     if d.limit:
         x, y = x[: d.limit], y[: d.limit]
     num_classes = int(d.num_classes or (int(max(y.max(), test[1].max() if test else 0)) + 1))
-    seed = int(d.shuffle_seed)
+    seed = d.shuffle_seed
     stratify = y if np.bincount(y).min() >= 2 else None
     if test is None and d.test_split > 0:
         x, x_test, y, y_test = train_test_split(x, y, test_size=d.test_split, random_state=seed, stratify=stratify)

@@ -7,23 +7,29 @@ a rescaling layer (so serving clients send raw values), the declared body, and a
 from __future__ import annotations
 
 import importlib
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from orchestrator.config.schema import OptimizerName
 from orchestrator.errors import ConfigError
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-def _optimizer(keras: Any, o: Any):
-    kwargs = {"learning_rate": float(o.learning_rate)}
+    from orchestrator.config.schema import ExperimentConfig, OptimizerConfig
+
+
+def _optimizer(keras: Any, o: OptimizerConfig):
+    kwargs = {"learning_rate": o.learning_rate}
     if o.clipnorm:
-        kwargs["clipnorm"] = float(o.clipnorm)
-    if o.name == "sgd":
-        return keras.optimizers.SGD(momentum=float(o.momentum), nesterov=bool(o.nesterov), **kwargs)
-    if o.name == "rmsprop":
-        return keras.optimizers.RMSprop(momentum=float(o.momentum), **kwargs)
-    if o.name == "adagrad":
+        kwargs["clipnorm"] = o.clipnorm
+    if o.name == OptimizerName.sgd:
+        return keras.optimizers.SGD(momentum=o.momentum, nesterov=o.nesterov, **kwargs)
+    if o.name == OptimizerName.rmsprop:
+        return keras.optimizers.RMSprop(momentum=o.momentum, **kwargs)
+    if o.name == OptimizerName.adagrad:
         return keras.optimizers.Adagrad(**kwargs)
-    if o.name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=float(o.weight_decay or 0.004), **kwargs)
+    if o.name == OptimizerName.adamw:
+        return keras.optimizers.AdamW(weight_decay=o.weight_decay or 0.004, **kwargs)
     return keras.optimizers.Adam(**kwargs)
 
 
@@ -58,7 +64,7 @@ def _locate(path: str) -> Any:
     raise ImportError(f"No module named {parts[0]!r}")
 
 
-def _instantiate(node: Any) -> Any:
+def _instantiate(node: DictConfig) -> Any:
     """Build one ``_target_`` node.
 
     A flat node — ``_target_`` plus plain values, as every layer preset is — is built directly (importing
@@ -78,7 +84,7 @@ def _instantiate(node: Any) -> Any:
     return instantiate(node)
 
 
-def _body(cfg: Any, keras: Any, input_shape: Sequence[int], num_classes: int):
+def _body(cfg: ExperimentConfig, keras: Any, input_shape: Sequence[int], num_classes: int):
     from omegaconf import OmegaConf
 
     m = cfg.model
@@ -95,7 +101,7 @@ def _body(cfg: Any, keras: Any, input_shape: Sequence[int], num_classes: int):
     return layers
 
 
-def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int, scale: float):
+def build_model(cfg: ExperimentConfig, input_shape: Sequence[int], num_classes: int, scale: float):
     """Build and compile the experiment's model (call inside the strategy's scope)."""
     from orchestrator.runtime.tf_env import import_keras
 
@@ -107,7 +113,7 @@ def build_model(cfg: Any, input_shape: Sequence[int], num_classes: int, scale: f
     if len(x.shape) > 2:
         x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=cfg.export.output_name)(x)
-    model = keras.Model(inputs, outputs, name=str(cfg.model.name))
+    model = keras.Model(inputs, outputs, name=cfg.model.name)
     model.compile(optimizer=_optimizer(keras, cfg.model.optimizer), loss=cfg.model.loss, metrics=list(cfg.model.metrics),
-                  steps_per_execution=int(cfg.strategy.steps_per_execution))
+                  steps_per_execution=cfg.strategy.steps_per_execution)
     return model

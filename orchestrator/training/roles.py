@@ -1,46 +1,46 @@
-"""The cluster-specific parts of a task: servers, the evaluator sidecar, and parameter-server training glue.
+"""The cluster-specific parts of a task: servers, the evaluator sidecar, and the trainer's cluster glue.
 
-Under ``strategy=parameter_server`` only the chief trains (it is the coordinator); ps and worker tasks run a
-``tf.distribute.Server`` and block in ``join()`` until the backend stops them after the coordinator ended. An
-``evaluator`` task, under any cluster strategy, is a sidecar: it evaluates each checkpoint the chief writes
+A task whose role the strategy runs as a server (``Strategy.server_roles``: the ps and worker tasks of
+``strategy=parameter_server``, whose chief is the coordinator and the only task that trains) runs the
+``tf.distribute.Server`` the strategy builds for it and blocks in ``join()`` until the backend stops it after
+the training tasks ended. An ``evaluator`` task, under any cluster strategy, is a sidecar: it evaluates each checkpoint the chief writes
 to ``RUN_DIR/eval_checkpoints`` and keeps its own metrics in ``RUN_DIR/evaluator/``.
 :func:`orchestrator.training.task.run_training` calls :func:`server_or_sidecar` first and hands such tasks here before
 it builds any model.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-from orchestrator.artifacts.run_record import write_json
+import strategies
+from orchestrator.artifacts.run_record import RunRecord
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
+    from orchestrator.training.task import TaskIdentity
 
 log = logging.getLogger(__name__)
 
 EVAL_CHECKPOINTS = "eval_checkpoints"
-EVALUATOR_DIR = "evaluator"
-ATTEMPT_ENV = "TFSCALE_ATTEMPT"  # set by cluster backends: 0 for the first launch, n after n restarts
 
 
-def server_or_sidecar(cfg: Any, identity: Any) -> Optional[str]:
+def server_or_sidecar(cfg: ExperimentConfig, identity: TaskIdentity) -> Optional[str]:
     """``"server"`` or ``"evaluator"`` if this task does not train itself, else None."""
     if not identity.in_cluster:
         return None
     if identity.task_type == "evaluator":
         return "evaluator"
-    if cfg.strategy.name == "parameter_server" and identity.task_type in ("ps", "worker"):
+    if identity.task_type in strategies.get(cfg.strategy.name).server_roles:
         return "server"
     return None
 
 
-def run_cluster_task(cfg: Any, run_dir: Path, identity: Any) -> Dict[str, Any]:
+def run_cluster_task(cfg: ExperimentConfig, run_dir: Path, identity: TaskIdentity) -> Dict[str, Any]:
     """Run a ps/worker server or the evaluator sidecar; returns what the task recorded."""
     from orchestrator.training.topology import apply_topology
     from strategies.tf_config import role_topology
@@ -51,29 +51,13 @@ def run_cluster_task(cfg: Any, run_dir: Path, identity: Any) -> Dict[str, Any]:
     return run_server(cfg, identity)
 
 
-def server_config(tf: Any, cfg: Any, workers: int) -> Any:
-    """Session config of a ps/worker server.
-
-    A worker server runs one closure per worker in parallel; with fewer inter-op threads than
-    workers + 1 (the default on a 2-core machine) ``fit`` under ParameterServerStrategy can hang.
-    """
-    config = tf.compat.v1.ConfigProto()
-    config.inter_op_parallelism_threads = max(int(cfg.topology.inter_op_threads or 0), workers + 1)
-    if cfg.topology.intra_op_threads:
-        config.intra_op_parallelism_threads = int(cfg.topology.intra_op_threads)
-    return config
-
-
-def run_server(cfg: Any, identity: Any) -> Dict[str, Any]:
+def run_server(cfg: ExperimentConfig, identity: TaskIdentity) -> Dict[str, Any]:
     """Serve this task's part of the cluster until the process is stopped."""
+    from orchestrator.config.validation import strategy_context
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    spec = resolver.cluster_spec()
-    workers = len(spec.as_dict().get("worker", []))
-    server = tf.distribute.Server(spec, job_name=identity.task_type, task_index=identity.task_index,
-                                  protocol=resolver.rpc_layer or "grpc", config=server_config(tf, cfg, workers), start=True)
+    server = strategies.get(cfg.strategy.name).build(strategy_context(cfg), tf)  # a started tf.distribute.Server
     log.info("%s:%d serving at %s", identity.task_type, identity.task_index, server.target)
     # Servers never return on their own: the coordinator's end is the job's end, and the backend stops us.
     server.join()
@@ -81,24 +65,29 @@ def run_server(cfg: Any, identity: Any) -> Dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ evaluator
-def run_evaluator(cfg: Any, run_dir: Path) -> Dict[str, Any]:
+def run_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
     """Evaluate every new checkpoint of the chief with tf_keras' SidecarEvaluator.
 
     Writes one line per evaluation to ``RUN_DIR/evaluator/evaluations.jsonl`` and the latest to
     ``RUN_DIR/evaluator/metrics.json``; stops after the checkpoint of the last epoch.
     """
-    from orchestrator.training.data import load_splits, make_dataset
+    from orchestrator.training.data import make_dataset
     from orchestrator.training.models import build_model
+    from orchestrator.training.streaming import load_source
     from orchestrator.runtime.tf_env import import_keras, import_tensorflow
 
     tf, keras = import_tensorflow(), import_keras()
-    splits = load_splits(cfg.data)
-    x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
-    data = make_dataset(tf, x, y, int(cfg.trainer.batch_size), shuffle=False, seed=0)
+    splits = load_source(tf, cfg, run_dir=run_dir)
+    if splits.streaming:  # the validation files, one pass per checkpoint
+        evaluated_on = "validation"
+        data = splits.evaluation("validation")
+    else:
+        evaluated_on = "validation" if len(splits.x_val) else "test"
+        x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
+        data = make_dataset(tf, x, y, cfg.trainer.batch_size, shuffle=False, seed=0)
     model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
     ckpt_dir = run_dir / EVAL_CHECKPOINTS
-    out_dir = run_dir / EVALUATOR_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(run_dir)
     evaluations = []
 
     class _Record(keras.callbacks.Callback):
@@ -108,13 +97,11 @@ def run_evaluator(cfg: Any, run_dir: Path) -> Dict[str, Any]:
                      "iterations": int(model.optimizer.iterations.numpy()), "time": time.time(),
                      **{k: float(v) for k, v in (logs or {}).items()}}
             evaluations.append(entry)
-            with open(out_dir / "evaluations.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            write_json(out_dir / "metrics.json", {"evaluated_on": "validation" if len(splits.x_val) else "test",
-                                                 "evaluations": len(evaluations), "last": entry})
+            record.record_evaluation(entry, {"evaluated_on": evaluated_on,
+                                             "evaluations": len(evaluations), "last": entry})
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.SidecarEvaluator(model, data=data, checkpoint_dir=str(ckpt_dir), max_evaluations=int(cfg.trainer.epochs),
+    keras.utils.SidecarEvaluator(model, data=data, checkpoint_dir=str(ckpt_dir), max_evaluations=cfg.trainer.epochs,
                                  callbacks=[_Record()]).start()
     return evaluations[-1] if evaluations else {}
 
@@ -126,7 +113,7 @@ def _checkpoint_epoch(path: Optional[str]) -> Optional[int]:
         return None
 
 
-def has_evaluator(cfg: Any) -> bool:
+def has_evaluator(cfg: ExperimentConfig) -> bool:
     """Whether the cluster has an evaluator (TF_CONFIG of the training tasks does not list it)."""
     from strategies.tf_config import role_counts
 
@@ -134,69 +121,18 @@ def has_evaluator(cfg: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------- callbacks
-def cluster_callbacks(keras: Any, cfg: Any, run_dir: Path, identity: Any) -> list:
-    """Callbacks a training task adds in a cluster: checkpoints for the evaluator, injected faults."""
+def cluster_callbacks(keras: Any, cfg: ExperimentConfig, run_dir: Path, identity: TaskIdentity) -> list:
+    """Callbacks a training task adds in a cluster: checkpoints for the evaluator."""
     cbs = []
     if identity.in_cluster and has_evaluator(cfg):
         # Every training task saves (non-chiefs into temporary directories, handled by tf_keras) because
         # saving under multi_worker_mirrored is a collective; only the chief's files are kept.
         cbs.append(keras.callbacks.ModelCheckpoint(filepath=str(Path(run_dir) / EVAL_CHECKPOINTS / "ckpt-{epoch}"),
                                                    save_weights_only=True))
-    fault = fault_for(cfg, identity)
-    if fault is not None:
-        cbs.append(KillAtEpoch(keras, fault))
     return cbs
 
 
-def fault_for(cfg: Any, identity: Any) -> Optional[int]:
-    """The epoch at which ``backend.inject_fault`` kills this task (first attempt only), or None."""
-    spec = cfg.backend.inject_fault
-    if not spec or os.environ.get(ATTEMPT_ENV, "0") != "0":
-        return None
-    task, _, epoch = str(spec).partition("@")
-    if task != f"{identity.task_type}:{identity.task_index}":
-        return None
-    return int(epoch)
-
-
-class KillAtEpoch:
-    """SIGKILLs this process after the first batch of a given (1-based) epoch: a real, abrupt task death."""
-
-    def __new__(cls, keras: Any, epoch: int):
-        class _Kill(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if self._epoch + 1 == epoch:
-                    log.warning("inject_fault: killing this task in epoch %d", epoch)
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            def on_epoch_begin(self, e, logs=None):
-                self._epoch = e
-
-        return _Kill()
-
-
-# --------------------------------------------------------------------------------- parameter server
-def ps_training_input(tf: Any, keras: Any, cfg: Any, splits: Any) -> Tuple[Any, int]:
-    """Per-worker datasets for ParameterServerStrategy and the steps of one epoch.
-
-    Each worker builds its own pipeline from ``dataset_fn`` (a shard of the training set, repeated), so
-    ``fit`` needs ``steps_per_epoch``; when the config leaves it null it is one pass over the data.
-    """
-    batch = int(cfg.trainer.batch_size)
-    seed = int(cfg.trainer.seed)
-    steps = int(cfg.trainer.steps_per_epoch or math.ceil(len(splits.x_train) / batch))
-    x, y = splits.x_train, splits.y_train
-    buffer = min(int(cfg.data.shuffle_buffer), len(x))
-
-    def dataset_fn(input_context):
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        ds = ds.shuffle(buffer, seed=seed).repeat()
-        return ds.batch(input_context.get_per_replica_batch_size(batch)).prefetch(2)
-
-    return keras.utils.experimental.DatasetCreator(dataset_fn), steps
-
-
+# ----------------------------------------------------------------------------------- variables on servers
 def variable_devices(model: Any) -> Dict[str, list]:
     """Where each model variable lives (every shard's device for partitioned variables)."""
     found = {}
@@ -206,8 +142,9 @@ def variable_devices(model: Any) -> Dict[str, list]:
     return found
 
 
-def coordinator_result(cfg: Any, model: Any, splits: Any) -> Tuple[Any, Dict[str, Any]]:
-    """A single-process copy of the coordinator's model, and where the trained variables lived.
+def coordinator_result(cfg: ExperimentConfig, model: Any, splits: Any) -> Tuple[Any, Dict[str, Any]]:
+    """A single-process copy of the coordinator's model, and where the trained variables lived
+    (for a strategy whose ``variables_on_servers``).
 
     The copy is what gets evaluated and exported: a SavedModel that needs no cluster to be served.
     """
@@ -222,7 +159,7 @@ def coordinator_result(cfg: Any, model: Any, splits: Any) -> Tuple[Any, Dict[str
 
 
 # ---------------------------------------------------------------------------------------- saving
-def save_as_non_chief(tf: Any, model: Any, cfg: Any, input_shape: Any, run_dir: Path, identity: Any) -> None:
+def save_as_non_chief(tf: Any, model: Any, cfg: ExperimentConfig, input_shape: Any, run_dir: Path, identity: TaskIdentity) -> None:
     """TensorFlow's multi-worker saving pattern for a non-chief worker.
 
     Saving under multi_worker_mirrored is a collective, so every worker saves; a non-chief writes to a

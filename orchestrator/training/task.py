@@ -13,11 +13,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
-from orchestrator.artifacts.run_record import provenance, write_json
+from orchestrator.artifacts.run_record import RunRecord, provenance
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,8 @@ class TaskIdentity:
 
 
 class EpochLog:
-    """A Keras callback recording each epoch: a JSON line in ``epochs.jsonl`` (study early stopping, live
-    tails) and, when ``tensorboard_dir`` is set, TensorBoard scalars.
+    """A Keras callback recording each epoch: a line of the run record's ``epochs.jsonl`` (study early
+    stopping, live tails) and, when ``tensorboard_dir`` is set, TensorBoard scalars.
 
     The scalars use tf_keras' TensorBoard layout (``train/`` and ``validation/``, tags ``epoch_<metric>``), so
     TensorBoard and the study metric readers see the same thing. They are written as event protos, without
@@ -57,7 +60,7 @@ class EpochLog:
     epoch, a visible share of a small model's training time.
     """
 
-    def __new__(cls, keras: Any, path: Path, tensorboard_dir: Optional[Path] = None):
+    def __new__(cls, keras: Any, record: RunRecord, tensorboard_dir: Optional[Path] = None):
         from tuners.metrics import EventWriter
 
         class _EpochLog(keras.callbacks.Callback):
@@ -65,8 +68,7 @@ class EpochLog:
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = {k: float(v) for k, v in (logs or {}).items()}
-                with open(path, "a") as f:
-                    f.write(json.dumps({"epoch": epoch + 1, **logs}) + "\n")
+                record.append_epoch({"epoch": epoch + 1, **logs})
                 if tensorboard_dir is None:
                     return
                 for key, value in logs.items():
@@ -84,7 +86,7 @@ class EpochLog:
         return _EpochLog()
 
 
-def _callbacks(keras: Any, cfg: Any, run_dir: Path, identity: TaskIdentity) -> list:
+def _callbacks(keras: Any, cfg: ExperimentConfig, run_dir: Path, identity: TaskIdentity) -> list:
     t = cfg.trainer
     cbs = []
     if t.backup_and_restore:
@@ -97,7 +99,7 @@ def _callbacks(keras: Any, cfg: Any, run_dir: Path, identity: TaskIdentity) -> l
         cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
                                                  restore_best_weights=es.restore_best_weights))
     if identity.is_chief:
-        cbs.append(EpochLog(keras, run_dir / "epochs.jsonl", run_dir / "tensorboard" if t.tensorboard else None))
+        cbs.append(EpochLog(keras, RunRecord(run_dir), run_dir / "tensorboard" if t.tensorboard else None))
     return cbs
 
 
@@ -108,7 +110,7 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
-def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None) -> Dict[str, Any]:
+def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None) -> Dict[str, Any]:
     """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json.
 
     ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``.
@@ -116,12 +118,16 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, s
     from orchestrator import deploy
     from orchestrator.artifacts import quantization
     from orchestrator.training import roles as cluster_task
-    from orchestrator.training.data import load_splits, make_dataset
+    from orchestrator.training.data import make_dataset
+    from orchestrator.training.streaming import input_share, load_source, profile_input, step_timer
+    from orchestrator.config.streams import input_pipelines
     from orchestrator.artifacts.export import export_version
     from orchestrator.training.models import build_model
     from orchestrator.training.topology import configure_devices, describe_devices
     from orchestrator.runtime.tf_env import import_keras
+    from orchestrator.config.schema import MixedPrecision
     from orchestrator.config.validation import strategy_context
+    from strategies.base import FitData, FitInput
     from strategies.tf_config import role_topology
     import strategies
 
@@ -135,51 +141,69 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, s
     tf, plan, env_changes = configure_devices(topology)  # first: before anything initialises TensorFlow's runtime
     keras = import_keras()
     t = cfg.trainer
-    keras.utils.set_random_seed(int(t.seed))
+    keras.utils.set_random_seed(t.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
     # Built after the device settings and before anything lists devices: MultiWorkerMirrored starts the
     # collective runtime in its constructor, which must see the configured devices.
-    strategy = strategies.get(cfg.strategy.name).build(strategy_context(cfg, plan), tf)
+    kind = strategies.get(cfg.strategy.name)
+    strategy = kind.build(strategy_context(cfg, plan), tf)
     applied = describe_devices(tf, topology, plan, env_changes)
-    if t.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(t.mixed_precision)
+    if t.mixed_precision != MixedPrecision.none:
+        keras.mixed_precision.set_global_policy(t.mixed_precision.value)
     replicas = int(strategy.num_replicas_in_sync)
     record = provenance(cfg, topology=applied, overrides=overrides)
     record.update({"strategy": cfg.strategy.name, "replicas": replicas, "task": identity.__dict__})
     if identity.is_chief:
-        write_json(run_dir / "provenance.json", record)
+        RunRecord(run_dir).write_provenance(record)
 
-    if splits is None:
-        splits = load_splits(cfg.data)
-    batch = int(t.batch_size)
-    train_ds = make_dataset(tf, splits.x_train, splits.y_train, batch, shuffle=True, seed=int(t.seed),
-                            shuffle_buffer=int(cfg.data.shuffle_buffer), prefetch=int(cfg.data.prefetch))
-    val_ds = make_dataset(tf, splits.x_val, splits.y_val, batch, shuffle=False, seed=0) if len(splits.x_val) else None
-    test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0)
+    splits = load_source(tf, cfg, run_dir=run_dir, splits=splits)  # in memory, or streamed from sharded files
+    streamed = splits.streaming
+    batch = t.batch_size
+    if streamed:
+        train_ds = None
+        val_ds, test_ds = splits.evaluation("validation"), splits.evaluation("test")
+    else:
+        train_ds = make_dataset(tf, splits.x_train, splits.y_train, batch, shuffle=True, seed=t.seed,
+                                shuffle_buffer=cfg.data.shuffle_buffer, prefetch=cfg.data.prefetch)
+        val_ds = make_dataset(tf, splits.x_val, splits.y_val, batch, shuffle=False, seed=0) if len(splits.x_val) else None
+        test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0) if len(splits.x_test) else None
     with strategy.scope():
         model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
-        model = quantization.prepare_model(cfg, model, splits.x_train)  # qat: wrapped before compile/training
+        # qat: wrapped before compile/training; int8 and qat check there are rows to calibrate on
+        model = quantization.prepare_model(cfg, model, splits.sample_x if streamed else splits.x_train)
 
-    parameter_server = cfg.strategy.name == "parameter_server"
-    fit_x, steps_per_epoch = (cluster_task.ps_training_input(tf, keras, cfg, splits) if parameter_server
-                              else (train_ds, t.steps_per_epoch))
+    if streamed:  # every strategy: per-pipeline datasets from a DatasetCreator, a fixed number of steps
+        # Under ParameterServerStrategy one traced dataset function runs on every worker, which learns
+        # its index (and so its files) only there.
+        creator, steps_per_pass = splits.train_input(keras, batch, workers_at_run_time=input_pipelines(cfg) if kind.variables_on_servers else 0)
+        # A ParameterServer coordinator is given no validation data, as with in-memory input.
+        fit = FitInput(creator, t.steps_per_epoch or steps_per_pass, None if kind.variables_on_servers else val_ds)
+    else:
+        fit = kind.fit_input(FitData(train=train_ds, validation=val_ds, x=splits.x_train, y=splits.y_train, batch_size=batch,
+                                     seed=t.seed, shuffle_buffer=cfg.data.shuffle_buffer, steps_per_epoch=t.steps_per_epoch),
+                             tf, keras)
+    steps_per_epoch = fit.steps_per_epoch
+    timer = step_timer(keras)
     fit_start = time.time()
-    history = model.fit(fit_x, epochs=int(t.epochs), validation_data=None if parameter_server else val_ds,
-                        steps_per_epoch=steps_per_epoch, verbose=int(t.verbose),
-                        callbacks=_callbacks(keras, cfg, run_dir, identity) + cluster_task.cluster_callbacks(keras, cfg, run_dir, identity))
+    history = model.fit(fit.x, epochs=t.epochs, validation_data=fit.validation_data,
+                        steps_per_epoch=steps_per_epoch, verbose=t.verbose,
+                        callbacks=_callbacks(keras, cfg, run_dir, identity) + cluster_task.cluster_callbacks(keras, cfg, run_dir, identity) + [timer])
     fit_seconds = time.time() - fit_start
     epochs_run = len(history.history.get("loss", []))  # this attempt's epochs; BackupAndRestore skips finished ones
     steps = steps_per_epoch or -(-len(splits.x_train) // batch)
-    ps_record = None
-    if parameter_server:  # evaluate and export a single-process copy; record where the variables lived
-        model, ps_record = cluster_task.coordinator_result(cfg, model, splits)
-    examples = epochs_run * (steps * batch if t.steps_per_epoch else len(splits.x_train))
+    pipelines = input_pipelines(cfg) if streamed else 1
+    input_seconds = profile_input(tf, splits, train_ds, batch_size=batch, replicas=replicas, pipelines=pipelines,
+                                  batches=cfg.data.profile_batches) if identity.is_chief else None
+    placement = None
+    if kind.variables_on_servers:  # evaluate and export a single-process copy; record where the variables lived
+        model, placement = cluster_task.coordinator_result(cfg, model, splits)
+    examples = epochs_run * (steps * batch if (t.steps_per_epoch or streamed) else len(splits.x_train))
 
     metrics: Dict[str, Any] = {
         "train": {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("val_")},
         "validation": {k[4:]: float(v[-1]) for k, v in history.history.items() if k.startswith("val_")},
-        "test": _evaluate(model, test_ds, len(splits.x_test)),
+        "test": _evaluate(model, test_ds, 1 if streamed else len(splits.x_test)) if test_ds is not None else {},
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
         "epochs": (history.epoch[-1] + 1) if history.epoch else epochs_run,
         "epochs_this_attempt": epochs_run,
@@ -190,30 +214,43 @@ def run_training(cfg: Any, run_dir: Path, *, overrides: Optional[list] = None, s
         "topology": cfg.topology.name,
         "logical_devices": applied["logical_devices"],
         "model_version": None,
+        "input_pipeline": input_share(input_seconds, timer.epoch_seconds, steps),
     }
-    if ps_record is not None:
-        metrics["parameter_server"] = ps_record
+    if streamed:
+        metrics["input"] = {**splits.describe(), "shards": splits.shard_table(pipelines), "this_task": splits.pipelines_built}
+    if placement is not None:
+        metrics[kind.name] = placement
     # Converted and gated before the version is published: a failed gate (GateError) publishes nothing.
     conversion = quantization.convert_and_gate(cfg, model, splits, run_dir) if identity.is_chief else None
     if identity.is_chief and cfg.export.enabled:
         version_dir = export_version(tf, model, cfg, splits.input_shape, {
             "run_dir": str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
-            "config": OmegaConf.to_container(cfg, resolve=True), "test": metrics["test"]})
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "test": metrics["test"]})
         metrics["model_version"] = str(version_dir)
         if conversion is not None:
             conversion.publish(version_dir)
         metrics["deploy"] = deploy.get(cfg.deploy.target).deploy(cfg, version_dir, run_dir)
-    elif identity.in_cluster and cfg.export.enabled and not parameter_server:
+    elif identity.in_cluster and cfg.export.enabled:  # a non-chief that trained (servers never get here)
         cluster_task.save_as_non_chief(tf, model, cfg, splits.input_shape, run_dir, identity)
     if conversion is not None:
         metrics["quantization"] = conversion.report
     metrics["wall_seconds"] = round(time.time() - started, 3)
+    metrics["peak_rss_mb"] = peak_rss_mb()
     if identity.is_chief:
-        write_json(run_dir / "metrics.json", metrics)
+        RunRecord(run_dir).write_metrics(metrics)
         from orchestrator.vertex.hypertune import report_from_env
 
         report_from_env(metrics)  # a no-op unless this task is a Vertex tuning trial
     return metrics
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (the run record's ``peak_rss_mb``)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
 
 
 def summary(metrics: Dict[str, Any]) -> str:
@@ -231,7 +268,7 @@ def summary(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_run_config(run_dir: Path) -> Any:
+def load_run_config(run_dir: Path) -> ExperimentConfig:
     """The resolved config a run was started with, typed by the experiment schema."""
     from orchestrator.config.schema import ExperimentConfig
 

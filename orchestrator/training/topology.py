@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from orchestrator.config.devices import DevicePlan, plan_devices
 
+if TYPE_CHECKING:
+    from orchestrator.config.schema import TopologyConfig
+
 log = logging.getLogger(__name__)
 
-def set_process_environment(topo: Any, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def set_process_environment(topo: TopologyConfig, env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Environment variables that must be set before TensorFlow is imported (returned and applied)."""
     env = os.environ if env is None else env
     changes = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "TF_USE_LEGACY_KERAS": "1"}
@@ -26,7 +29,7 @@ def set_process_environment(topo: Any, env: Optional[Dict[str, str]] = None) -> 
     return changes
 
 
-def configure_devices(topo: Any) -> Tuple[Any, DevicePlan, Dict[str, str]]:
+def configure_devices(topo: TopologyConfig) -> Tuple[Any, DevicePlan, Dict[str, str]]:
     """Set the CUDA environment, import TensorFlow and configure its physical devices and thread pools.
 
     Everything here is accepted by TensorFlow only before its runtime initialises, so nothing in this
@@ -62,7 +65,7 @@ def configure_devices(topo: Any) -> Tuple[Any, DevicePlan, Dict[str, str]]:
     return tf, plan, env_changes
 
 
-def describe_devices(tf: Any, topo: Any, plan: DevicePlan, env_changes: Dict[str, str]) -> Dict[str, Any]:
+def describe_devices(tf: Any, topo: TopologyConfig, plan: DevicePlan, env_changes: Dict[str, str]) -> Dict[str, Any]:
     """What was applied, as TensorFlow reports it (initialises the runtime): for the run record."""
     tf.config.set_soft_device_placement(bool(topo.soft_device_placement))
     applied = {
@@ -79,7 +82,7 @@ def describe_devices(tf: Any, topo: Any, plan: DevicePlan, env_changes: Dict[str
     return applied
 
 
-def apply_topology(topo: Any) -> Dict[str, Any]:
+def apply_topology(topo: TopologyConfig) -> Dict[str, Any]:
     """Configure this process's devices (before TensorFlow initialises) and report what was applied."""
     tf, plan, env_changes = configure_devices(topo)
     return describe_devices(tf, topo, plan, env_changes)

@@ -3,10 +3,13 @@ is contacted, and without importing the Vertex SDK."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.vertex.job_spec import SCALE_TIERS, role_plan
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -34,7 +37,7 @@ def check_location(v: Any, what: str) -> None:
         raise ConfigError("vertex.insecure", v.insecure, "A plaintext channel is only for a local test server: set vertex.api_endpoint=host:port too.")
 
 
-def check_job(cfg: Any) -> None:
+def check_job(cfg: ExperimentConfig) -> None:
     """Everything ``backend=vertex`` needs before it packages or submits anything."""
     v = cfg.vertex
     check_location(v, "backend=vertex")
@@ -71,7 +74,7 @@ def check_job(cfg: Any) -> None:
             raise ConfigError("vertex.max_failed_trial_count", v.max_failed_trial_count, "Use 0 or more, or null for the study's own budget.")
 
 
-def check_deploy(cfg: Any) -> None:
+def check_deploy(cfg: ExperimentConfig) -> None:
     """Everything ``deploy=vertex`` needs before training starts."""
     check_location(cfg.vertex, "deploy=vertex")
     d = cfg.deploy.vertex

@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 ROLES = ("chief", "worker", "ps", "evaluator")  # index = worker pool number
 
@@ -54,7 +57,7 @@ def sanitize_label(text: Any, *, key: bool = False) -> str:
     return out
 
 
-def job_labels(cfg: Any, git_sha: Optional[str]) -> Dict[str, str]:
+def job_labels(cfg: ExperimentConfig, git_sha: Optional[str]) -> Dict[str, str]:
     """Labels of the job: the user's, plus the experiment name and the commit it was launched from."""
     labels = {sanitize_label(k, key=True): sanitize_label(v) for k, v in (cfg.vertex.labels or {}).items()}
     labels["tfscale-experiment"] = sanitize_label(cfg.experiment.name)
@@ -63,7 +66,7 @@ def job_labels(cfg: Any, git_sha: Optional[str]) -> Dict[str, str]:
     return labels
 
 
-def role_plan(cfg: Any) -> Dict[str, int]:
+def role_plan(cfg: ExperimentConfig) -> Dict[str, int]:
     """Replicas per role (chief, worker, ps, evaluator), as the job's pools will hold them.
 
     A cluster without a chief is given one by promoting the first worker: TensorFlow treats worker 0 of a
@@ -88,7 +91,7 @@ def role_plan(cfg: Any) -> Dict[str, int]:
     return {role: int(counts.get(role, 0)) for role in ROLES}
 
 
-def promoted_chief(cfg: Any) -> bool:
+def promoted_chief(cfg: ExperimentConfig) -> bool:
     """Whether pool 0 holds worker 0 of a chief-less cluster (it then gets the workers' machines)."""
     from strategies.multi_worker import role_counts
 
@@ -98,7 +101,7 @@ def promoted_chief(cfg: Any) -> bool:
     return not counts.get("chief") and bool(counts.get("worker"))
 
 
-def machine_spec(cfg: Any, role: str) -> Dict[str, Any]:
+def machine_spec(cfg: ExperimentConfig, role: str) -> Dict[str, Any]:
     """``machineSpec`` of a role's pool: the tier's preset, else the configured machine type and accelerator."""
     v = cfg.vertex
     preset = SCALE_TIERS[v.scale_tier].get(role)
@@ -121,7 +124,7 @@ def machine_spec(cfg: Any, role: str) -> Dict[str, Any]:
     return spec
 
 
-def accelerator_count(cfg: Any, role: str) -> int:
+def accelerator_count(cfg: ExperimentConfig, role: str) -> int:
     """Accelerators per replica of ``role``: vertex.accelerator_count, else the role's gpus, else topology.gpus."""
     if cfg.vertex.accelerator_count:
         return int(cfg.vertex.accelerator_count)
@@ -147,7 +150,7 @@ def trainer_args(overrides: Sequence[str]) -> List[str]:
     return kept + ["backend=local"]
 
 
-def program_spec(cfg: Any, args: Sequence[str], package_uris: Sequence[str], *, python_module: str = PYTHON_MODULE,
+def program_spec(cfg: ExperimentConfig, args: Sequence[str], package_uris: Sequence[str], *, python_module: str = PYTHON_MODULE,
                  env: Optional[Dict[str, str]] = None) -> Tuple[str, Dict[str, Any]]:
     """``("containerSpec", ...)`` when ``vertex.image`` is set, else ``("pythonPackageSpec", ...)``."""
     env_list = [{"name": k, "value": str(val)} for k, val in (env or {}).items()]
@@ -163,7 +166,7 @@ def program_spec(cfg: Any, args: Sequence[str], package_uris: Sequence[str], *, 
     return key, spec
 
 
-def worker_pool_specs(cfg: Any, program: Tuple[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+def worker_pool_specs(cfg: ExperimentConfig, program: Tuple[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The ``workerPoolSpecs`` list; an unused pool before a used one is an empty spec, as Vertex requires."""
     counts = role_plan(cfg)
     used = [i for i, role in enumerate(ROLES) if counts[role]]
@@ -179,18 +182,18 @@ def worker_pool_specs(cfg: Any, program: Tuple[str, Dict[str, Any]]) -> List[Dic
     return pools
 
 
-def default_display_name(cfg: Any) -> str:
+def default_display_name(cfg: ExperimentConfig) -> str:
     """``tfscale-<experiment>-<UTC time>`` (Vertex allows up to 128 characters)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"tfscale-{cfg.experiment.name}-{stamp}"[:128]
 
 
-def output_dir(cfg: Any, display_name: str) -> str:
+def output_dir(cfg: ExperimentConfig, display_name: str) -> str:
     """The job's base output directory (Vertex sets AIP_MODEL_DIR etc. under it)."""
     return cfg.vertex.output_dir or f"gs://{cfg.vertex.bucket}/tfscale/jobs/{display_name}"
 
 
-def custom_job_spec(cfg: Any, program: Tuple[str, Dict[str, Any]], display_name: str) -> Dict[str, Any]:
+def custom_job_spec(cfg: ExperimentConfig, program: Tuple[str, Dict[str, Any]], display_name: str) -> Dict[str, Any]:
     """A ``CustomJobSpec`` dict: pools, output directory, service account, network."""
     spec: Dict[str, Any] = {"workerPoolSpecs": worker_pool_specs(cfg, program),
                             "baseOutputDirectory": {"outputUriPrefix": output_dir(cfg, display_name)}}
@@ -201,7 +204,7 @@ def custom_job_spec(cfg: Any, program: Tuple[str, Dict[str, Any]], display_name:
     return spec
 
 
-def custom_job(cfg: Any, *, overrides: Sequence[str], package_uris: Sequence[str], display_name: str,
+def custom_job(cfg: ExperimentConfig, *, overrides: Sequence[str], package_uris: Sequence[str], display_name: str,
                git_sha: Optional[str]) -> Dict[str, Any]:
     """The whole ``CustomJob`` of the experiment."""
     program = program_spec(cfg, trainer_args(overrides), package_uris)
@@ -209,7 +212,7 @@ def custom_job(cfg: Any, *, overrides: Sequence[str], package_uris: Sequence[str
             "labels": job_labels(cfg, git_sha)}
 
 
-def parent(cfg: Any) -> str:
+def parent(cfg: ExperimentConfig) -> str:
     """``projects/<project>/locations/<region>``."""
     return f"projects/{cfg.vertex.project}/locations/{cfg.vertex.region}"
 

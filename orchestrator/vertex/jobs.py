@@ -7,11 +7,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import yaml
 
+from orchestrator.artifacts import publish
+from orchestrator.artifacts.redact import redact
 from orchestrator.errors import TaskFailedError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -19,23 +24,21 @@ TERMINAL_OK = ("JOB_STATE_SUCCEEDED",)
 TERMINAL_FAILED = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED", "JOB_STATE_PARTIALLY_SUCCEEDED")
 
 
-def gcloud_command(kind: str, cfg: Any, display_name: str, config_path: Path, labels: Dict[str, str],
+def gcloud_command(kind: str, cfg: ExperimentConfig, display_name: str, config_path: Path, labels: Dict[str, str],
                    extra: Optional[Dict[str, Any]] = None) -> str:
-    """The ``gcloud ai <kind> create`` command submitting the same job from ``config_path``."""
+    """The ``gcloud ai <kind> create`` command submitting the same job from ``config_path`` (labels redacted)."""
     parts = ["gcloud", "ai", kind, "create", f"--project={cfg.vertex.project}", f"--region={cfg.vertex.region}",
              f"--display-name={display_name}"]
     parts += [f"--{k}={v}" for k, v in (extra or {}).items()]
     if labels:
-        parts.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        parts.append("--labels=" + ",".join(f"{k}={v}" for k, v in sorted(redact(dict(labels)).items())))
     parts.append(f"--config={config_path}")
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def write_gcloud_config(path: Path, body: Dict[str, Any]) -> Path:
-    """The YAML file gcloud's ``--config`` reads (the job body without the fields given as flags)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
+    """The YAML file gcloud's ``--config`` reads (the job body without the fields given as flags), redacted."""
+    return publish.write_text(path, yaml.safe_dump(redact(body), sort_keys=False))
 
 
 def print_dry_run(kind: str, parent: str, request_json: str, command: str) -> None:

@@ -9,22 +9,25 @@ the rest stays on the version that had the most traffic. :func:`rollback` moves 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 
 def location(v: Any) -> str:
     return f"projects/{v.project}/locations/{v.region}"
 
 
-def model_display_name(cfg: Any) -> str:
+def model_display_name(cfg: ExperimentConfig) -> str:
     return cfg.deploy.vertex.model_display_name or str(cfg.export.model_name)
 
 
-def endpoint_display_name(cfg: Any) -> str:
+def endpoint_display_name(cfg: ExperimentConfig) -> str:
     return cfg.deploy.vertex.endpoint_display_name or f"{model_display_name(cfg)}-endpoint"
 
 
-def artifact_uri(cfg: Any, version_dir: Path) -> str:
+def artifact_uri(cfg: ExperimentConfig, version_dir: Path) -> str:
     """Where the version's SavedModel is copied: ``<artifact_dir>/<model>/<version>``."""
     base = cfg.deploy.vertex.artifact_dir or f"gs://{cfg.vertex.bucket}/tfscale/models"
     return f"{base.rstrip('/')}/{model_display_name(cfg)}/{Path(version_dir).name}"
@@ -37,7 +40,7 @@ def _find(items: Any, display_name: str) -> Optional[Any]:
     return None
 
 
-def upload_version(cfg: Any, version_dir: Path, *, labels: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+def upload_version(cfg: ExperimentConfig, version_dir: Path, *, labels: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """Stage ``version_dir`` and upload it as a new version of the parent model; move the aliases to it."""
     from google.cloud import aiplatform_v1
 
@@ -79,7 +82,7 @@ def _alias_holder(models: Any, model_name: str, alias: str) -> Optional[str]:
         return None
 
 
-def ensure_endpoint(cfg: Any) -> Any:
+def ensure_endpoint(cfg: ExperimentConfig) -> Any:
     """The endpoint named ``endpoint_display_name``, created if it does not exist yet."""
     from google.cloud import aiplatform_v1
 
@@ -105,7 +108,7 @@ def canary_split(current: Mapping[str, int], canary_percent: int) -> Dict[str, i
     return {"0": int(canary_percent), live: 100 - int(canary_percent)}
 
 
-def deploy_version(cfg: Any, model: str, version_id: str, endpoint: Any) -> Dict[str, Any]:
+def deploy_version(cfg: ExperimentConfig, model: str, version_id: str, endpoint: Any) -> Dict[str, Any]:
     """Deploy ``model@version_id`` to ``endpoint`` with the configured machines and canary share."""
     from google.cloud import aiplatform_v1
 
@@ -129,7 +132,7 @@ def deploy_version(cfg: Any, model: str, version_id: str, endpoint: Any) -> Dict
             "traffic_split": {(new_id if k == "0" else k): pct for k, pct in split.items()}}
 
 
-def set_traffic(cfg: Any, endpoint_name: str, split: Mapping[str, int]) -> Dict[str, int]:
+def set_traffic(cfg: ExperimentConfig, endpoint_name: str, split: Mapping[str, int]) -> Dict[str, int]:
     """Replace the endpoint's traffic split (deployed model id -> percent, summing to 100)."""
     from google.cloud import aiplatform_v1
     from google.protobuf import field_mask_pb2
@@ -143,14 +146,14 @@ def set_traffic(cfg: Any, endpoint_name: str, split: Mapping[str, int]) -> Dict[
     return dict(updated.traffic_split)
 
 
-def move_alias(cfg: Any, model: str, alias: str, version_id: str) -> None:
+def move_alias(cfg: ExperimentConfig, model: str, alias: str, version_id: str) -> None:
     """Point ``alias`` of ``model`` at ``version_id`` (Vertex takes it off the version holding it)."""
     from orchestrator.vertex.clients import client
 
     client(cfg.vertex, "model").merge_version_aliases(name=f"{model}@{version_id}", version_aliases=[alias])
 
 
-def rollback(cfg: Any, deployed: Mapping[str, Any]) -> Dict[str, Any]:
+def rollback(cfg: ExperimentConfig, deployed: Mapping[str, Any]) -> Dict[str, Any]:
     """Undo a deploy recorded as ``deployed`` (the ``deploy`` entry of metrics.json).
 
     All traffic goes back to the previously live deployed model, and each moved alias back to the
@@ -166,7 +169,7 @@ def rollback(cfg: Any, deployed: Mapping[str, Any]) -> Dict[str, Any]:
     return done
 
 
-def predict(cfg: Any, endpoint_name: str, instances: Sequence[Any]) -> List[Any]:
+def predict(cfg: ExperimentConfig, endpoint_name: str, instances: Sequence[Any]) -> List[Any]:
     """Online prediction: JSON-able ``instances`` in, the endpoint's predictions out."""
     from google.protobuf import json_format, struct_pb2
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import TaskFailedError
+from orchestrator.runtime import supervisor
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _SOURCES = ("orchestrator", "strategies", "tuners", "hydra_plugins", "conf", "pyproject.toml", "README.md", "MANIFEST.in")
@@ -29,12 +32,12 @@ def sdist_name() -> str:
     return f"tfscale-{project_version()}.tar.gz"
 
 
-def staging_dir(cfg: Any) -> str:
+def staging_dir(cfg: ExperimentConfig) -> str:
     """Where packages are staged: ``vertex.staging_dir`` or ``gs://<bucket>/tfscale/staging``."""
     return (cfg.vertex.staging_dir or f"gs://{cfg.vertex.bucket}/tfscale/staging").rstrip("/")
 
 
-def package_uri(cfg: Any, display_name: str) -> str:
+def package_uri(cfg: ExperimentConfig, display_name: str) -> str:
     """The URI the job's package is staged at (one folder per job, so reruns never overwrite a running job's code)."""
     return f"{staging_dir(cfg)}/{display_name}/{sdist_name()}"
 
@@ -58,7 +61,7 @@ def build_sdist(out_dir: Path) -> Path:
             manifest.write("\nrecursive-include conf *.yaml\n")
         out_dir.mkdir(parents=True, exist_ok=True)
         code = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
-        proc = subprocess.run([sys.executable, "-c", code, str(out_dir.resolve())], cwd=src, capture_output=True, text=True)
+        proc = supervisor.run([sys.executable, "-c", code, str(out_dir.resolve())], cwd=src)
         if proc.returncode != 0:
             raise TaskFailedError(f"Building the sdist of the project failed:\n{proc.stderr[-2000:]}")
         return out_dir / proc.stdout.strip().splitlines()[-1]
@@ -85,7 +88,7 @@ def stage(local: Path, uri: str) -> str:
     return uri
 
 
-def build_and_stage(cfg: Any, display_name: str, work_dir: Path) -> str:
+def build_and_stage(cfg: ExperimentConfig, display_name: str, work_dir: Path) -> str:
     """Build the sdist and stage it at :func:`package_uri`; return that URI."""
     built = build_sdist(work_dir / "dist")
     return stage(built, package_uri(cfg, display_name))

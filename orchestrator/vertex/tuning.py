@@ -8,9 +8,12 @@ into a :class:`tuners.study_store.StudyStore` in the run directory — the same 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 TRIAL_MODULE = "orchestrator.app.vertex_trial"
 
@@ -23,7 +26,7 @@ _STATUS = {"SUCCEEDED": "COMPLETED", "INFEASIBLE": "FAILED", "STOPPING": "STOPPE
 #: Trial argument that maps a tuning parameter to its config key: ``--tfscale-param-key=<name>=<key>``.
 KEY_FLAG = "--tfscale-param-key="
 
-def load_study(cfg: Any) -> Any:
+def load_study(cfg: ExperimentConfig) -> Any:
     """The study of a tuning job: ``vertex.study_file`` (native, AI Platform or Vertex YAML), else the study group."""
     import yaml
     from omegaconf import OmegaConf
@@ -73,7 +76,7 @@ def trial_args(spec: Any, overrides: Sequence[str]) -> List[str]:
     return args + [f"{KEY_FLAG}{p.name}={p.config_key}" for p in spec.all_parameters()]
 
 
-def tuning_job(cfg: Any, spec: Any, *, overrides: Sequence[str], package_uris: Sequence[str], display_name: str,
+def tuning_job(cfg: ExperimentConfig, spec: Any, *, overrides: Sequence[str], package_uris: Sequence[str], display_name: str,
                git_sha: Optional[str]) -> Dict[str, Any]:
     """The ``HyperparameterTuningJob`` of a study."""
     from orchestrator.vertex.job_spec import custom_job_spec, job_labels, program_spec

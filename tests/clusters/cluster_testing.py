@@ -7,9 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 QUIET = ["trainer.verbose=2", "trainer.tensorboard=false"]
 
@@ -50,6 +51,63 @@ def task_processes(cwd: Path) -> List[int]:
         if "orchestrator.launch.task_main" in cmd and needle in cmd and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def _environ(pid: int) -> Dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def task_pid(cwd: Path, role: str, index: int, attempt: int = 0) -> Optional[int]:
+    """PID of the task process that is ``role:index`` (by its TF_CONFIG) in ``attempt`` of a run under ``cwd``."""
+    for pid in task_processes(cwd):
+        env = _environ(pid)
+        try:
+            task = json.loads(env.get("TF_CONFIG", "{}")).get("task")
+        except ValueError:
+            continue
+        if task == {"type": role, "index": index} and env.get("TFSCALE_ATTEMPT") == str(attempt):
+            return pid
+    return None
+
+
+def run_killing_task(args: Sequence[str], cwd: Path, task: str, epoch: int, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``tfscale ARGS`` in ``cwd``; SIGKILLs the process of ``task`` (``worker:1``) from outside once its log
+    shows it started ``epoch`` in the run's first attempt: an abrupt task death, as a crash or an OOM kill."""
+    role, index = task.split(":")
+    slug = f"{role}-{index}"
+    proc = subprocess.Popen([*tfscale_argv(), *args, *QUIET], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env())
+    killed: List[int] = []
+
+    def kill_when_in_epoch() -> None:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            logs = list(Path(cwd, "runs").glob(f"*/*/tasks/{slug}.log"))
+            if logs and f"Epoch {epoch}/" in logs[0].read_text(errors="replace"):
+                pid = task_pid(cwd, role, int(index), attempt=0)
+                if pid is not None:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:  # it ended between the look-up and the kill: look again
+                        continue
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_when_in_epoch, daemon=True)
+    killer.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    killer.join(timeout=5)
+    assert killed, f"{task} never reached epoch {epoch}:\n{out[-3000:]}{err[-3000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_no_tasks(cwd: Path, seconds: float = 15) -> List[int]:

@@ -70,7 +70,6 @@ def test_port_zero_in_a_spec_means_a_free_port_at_launch():
     (["cluster=spec_workers_2", "strategy=multi_worker_mirrored", "cluster.spec={worker:[\"10.1.1.1:2222\"]}"], "cluster.spec", "backend=ray"),
     (["cluster=workers_2", "strategy=multi_worker_mirrored", "cluster.evaluator.count=2"], "cluster.evaluator.count", "0 or 1"),
     (["cluster=none", "strategy=default"], "cluster", "cluster=workers_2"),
-    (["cluster=workers_2", "strategy=multi_worker_mirrored", "backend.inject_fault=worker:7@2"], "backend.inject_fault", "worker:1@2"),
     (["cluster=workers_2", "strategy=multi_worker_mirrored", "backend.max_restarts=2"], "backend.max_restarts", "backup_and_restore"),
 ])
 def test_bad_clusters_are_config_errors_naming_field_and_fix(overrides, key, fix):

@@ -8,14 +8,14 @@ from clusters import cluster_testing as ct
 pytestmark = pytest.mark.slow
 
 MWMS = ["backend=processes", "cluster=workers_2", "strategy=multi_worker_mirrored"]
-FAULT = ["trainer.epochs=5", "trainer.backup_and_restore=true", "backend.max_restarts=1", "backend.inject_fault=worker:1@2"]
+RESTARTABLE = ["trainer.epochs=5", "trainer.backup_and_restore=true", "backend.max_restarts=1"]
 
 
 @pytest.fixture(scope="module")
 def mwms_run(tmp_path_factory):
     """One 2-worker MWMS job whose worker:1 is SIGKILLed in epoch 2 of 5 (shared by the tests below)."""
     cwd = tmp_path_factory.mktemp("mwms")
-    proc = ct.run(MWMS + FAULT, cwd)
+    proc = ct.run_killing_task(MWMS + RESTARTABLE, cwd, "worker:1", epoch=2)
     return cwd, proc
 
 
@@ -64,7 +64,7 @@ def test_parameter_server_with_evaluator_trains_exports_and_records_ps_placement
 
 
 def test_task_failure_names_the_task_and_its_log_and_leaves_nothing(tmp_path):
-    proc = ct.run(MWMS + ["trainer.epochs=3", "backend.inject_fault=worker:1@1"], tmp_path)
+    proc = ct.run_killing_task(MWMS + ["trainer.epochs=3"], tmp_path, "worker:1", epoch=1)
     assert proc.returncode != 0
     assert "Task worker:1 was killed by SIGKILL" in proc.stderr
     assert "tasks/worker-1.log" in proc.stderr

@@ -29,9 +29,9 @@ def alive_actors() -> list:
 def mwms_run(ray_address, tmp_path_factory):
     """2 MWMS workers as Ray actors; worker:1's process is SIGKILLed in epoch 2 of 5."""
     cwd = tmp_path_factory.mktemp("ray_mwms")
-    proc = ct.run(["backend=ray", f"backend.ray_address={ray_address}", "backend.placement_strategy=SPREAD",
-                   "cluster=workers_2", "strategy=multi_worker_mirrored", "trainer.epochs=5", "trainer.backup_and_restore=true",
-                   "backend.max_restarts=1", "backend.inject_fault=worker:1@2"], cwd)
+    proc = ct.run_killing_task(["backend=ray", f"backend.ray_address={ray_address}", "backend.placement_strategy=SPREAD",
+                                "cluster=workers_2", "strategy=multi_worker_mirrored", "trainer.epochs=5",
+                                "trainer.backup_and_restore=true", "backend.max_restarts=1"], cwd, "worker:1", epoch=2)
     return cwd, proc
 
 

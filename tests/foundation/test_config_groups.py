@@ -64,6 +64,33 @@ def test_cpu_x2_mirrored_has_two_replicas():
     assert facts["devices"].accelerator_devices == ["/cpu:0", "/cpu:1"]
 
 
+def test_strategy_choices_are_the_registered_strategies():
+    import strategies
+    from orchestrator.config.schema import StrategyName
+
+    assert StrategyName.values() == list(strategies.STRATEGIES)
+
+
+def test_choices_are_plain_strings_in_everything_written(tmp_path: Path):
+    import json
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    cfg = compose(["strategy=mirrored", "quantization=int8", "topology=cpu_x2"])
+    assert cfg.strategy.name == "mirrored" and f"{cfg.quantization.mode}" == "int8"
+    assert cfg.export.model_name == "digits_mlp"  # interpolation of a choice gives its value
+    text = OmegaConf.to_yaml(cfg, resolve=True)  # --cfg job, config.resolved.yaml
+    assert "  name: mirrored\n" in text and "  mode: int8\n" in text
+    plain = yaml.safe_load(text)
+    assert OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) == plain
+    assert json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))["strategy"]["name"] == "mirrored"
+    (tmp_path / "config.resolved.yaml").write_text(text)  # a task process reads the record back typed
+    from orchestrator.training.task import load_run_config
+
+    assert load_run_config(tmp_path).strategy.name == "mirrored"
+
+
 def test_experiment_preset_overrides_groups():
     cfg = compose(["experiment=digits_cnn_mirrored"])
     assert cfg.model.name == "cnn" and cfg.strategy.name == "mirrored" and cfg.topology.cpu_devices == 2

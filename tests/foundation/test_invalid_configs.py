@@ -35,6 +35,13 @@ INVALID = [
     (["export.model_name=a/b"], "export.model_name", "a/b", "no slashes"),
     (["model.builder=not_a_builder"], "model.builder", "not_a_builder", "package.module:function"),
     (["data.limit=3"], "data.limit", "3", "at least 10"),
+    # closed choices fail at composition, listing the valid values
+    (["strategy=foo"], "strategy", "foo", "central_storage, default, mirrored"),
+    (["strategy.name=foo"], "strategy.name", "foo", "one_device, mirrored, central_storage, multi_worker_mirrored"),
+    (["strategy.name=mirored"], "strategy.name", "mirored", "Did you mean strategy.name=mirrored?"),
+    (["quantization.mode=foo"], "quantization.mode", "foo", "none, dynamic, float16, int8, qat"),
+    (["backend.name=nowhere"], "backend.name", "nowhere", "local, processes, ray, vertex"),
+    (["topology.on_missing_gpu=ignore"], "topology.on_missing_gpu", "ignore", "error, cpu_fallback"),
 ]
 
 

@@ -1,5 +1,6 @@
-"""The task process ``tfscale`` forks at start-up (orchestrator/warm_task.py): it trains the run, and it never
-outlives its parent — after success, a config error, SIGKILL of the parent or Ctrl-C."""
+"""The task process ``tfscale`` forks at start-up (orchestrator/launch/warm_task.py), or spawns when the fork cannot
+be used: it trains the run (``tfscale`` itself never does), and it never outlives its parent — after success, a
+config error, SIGKILL of the parent or Ctrl-C."""
 from __future__ import annotations
 
 import json
@@ -83,22 +84,31 @@ def test_which_process_trains(tmp_path, env, overrides, warm):
     assert proc.returncode == 0, out + err
     record = json.loads((_run_dir(tmp_path) / "provenance.json").read_text())
     metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
-    assert (record["pid"] != proc.pid) is warm
+    # The forked task process or a spawned one trains, never tfscale's own process.
+    assert record["pid"] != proc.pid
+    assert f"tfscale: model version {metrics['model_version']}" in out  # the parent reports the task's result
     assert metrics["model_version"].endswith("0001")
     assert record["seed"] == int(token.split("=")[1])
     log = (_run_dir(tmp_path) / "tfscale.log").read_text()
-    assert ("data digits loaded" in log) is warm  # digits needs no TensorFlow: the parent loads it
+    assert "data digits loaded" in log  # digits needs no TensorFlow: the parent loads it while the task imports
     assert "topology auto applied" in log  # the task's own log lines reach the run's log either way
+    assert ("instead of the warm one" in log) is (not warm and bool(overrides))
     if overrides:
         assert "CUDA_VISIBLE_DEVICES=-1 must be set before TensorFlow is imported" in log
     assert _processes_with(token) == []
 
 
-def _start_long_run(tmp_path: Path, token: str) -> tuple[subprocess.Popen, Path]:
-    proc = _popen([token, "trainer.epochs=500"], tmp_path)
+def _start_long_run(tmp_path: Path, token: str, **env: str) -> tuple[subprocess.Popen, Path]:
+    proc = _popen([token, "trainer.epochs=500"], tmp_path, **env)
     _wait_for(lambda: (tmp_path / "runs").exists() and any((tmp_path / "runs").glob("*/*/epochs.jsonl")),
               120, "the first epoch")
     return proc, _run_dir(tmp_path)
+
+
+def _task_processes(run_dir: Path) -> list[int]:
+    """Spawned task processes of ``run_dir`` (``python -m orchestrator.launch.task_main RUN_DIR ...``)."""
+    return [pid for pid in _processes_with("orchestrator.launch.task_main")
+            if str(run_dir.resolve()) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")]
 
 
 @pytest.mark.slow
@@ -109,6 +119,17 @@ def test_killed_parent_takes_the_task_process_with_it(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     _wait_for(lambda: _processes_with(token) == [], 15, "the task process to exit")
+
+
+@pytest.mark.slow
+def test_killed_parent_takes_a_spawned_task_process_with_it(tmp_path):
+    token = _token()
+    proc, run_dir = _start_long_run(tmp_path, token, TFSCALE_WARM_TASK="0")
+    assert _processes_with(token) == [proc.pid]  # tfscale alone: the task is not a fork of it
+    (task,) = _task_processes(run_dir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _wait_for(lambda: _task_processes(run_dir) == [], 15, "the spawned task process to exit")
 
 
 @pytest.mark.slow

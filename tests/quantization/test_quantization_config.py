@@ -31,6 +31,14 @@ def test_unknown_mode_names_the_modes():
     assert "dynamic, float16, int8, qat" in str(err.value)
 
 
+def test_unknown_mode_override_is_one_line_with_the_modes(tfscale):
+    run = tfscale("quantization.mode=foo")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "tfscale: error: Invalid config 'quantization.mode' = 'foo'. Use one of: none, dynamic, float16, int8, qat."]
+    assert not (tfscale.cwd / "models").exists() and not (tfscale.cwd / "runs").exists()
+
+
 def test_unknown_group_option_is_a_compose_error(tfscale):
     run = tfscale("quantization=int4")
     assert run.returncode == 2

@@ -77,10 +77,11 @@ def test_qat_trains_and_lands_near_the_float_model(tfscale, int8_run):
     assert run.metrics["epochs"] == 20
 
 
-def test_gate_below_the_measured_drop_fails_and_publishes_nothing(tfscale):
+@pytest.mark.parametrize("warm", ["1", "0"])  # the forked task process, or a spawned one: the same error and exit code
+def test_gate_below_the_measured_drop_fails_and_publishes_nothing(tfscale, warm):
     # One epoch and one calibration example: ranges from a single row clip the rest of the test set.
     run = tfscale("quantization=int8", "quantization.calibration_batches=1", "quantization.max_accuracy_drop=0.0",
-                  "trainer.epochs=1", "trainer.verbose=0", "trainer.tensorboard=false")
+                  "trainer.epochs=1", "trainer.verbose=0", "trainer.tensorboard=false", env={"TFSCALE_WARM_TASK": warm})
     report = json.loads((run.run_dir / "quantization" / "report.json").read_text())
     assert report["accuracy_drop"] > 0.0, f"this setting no longer loses accuracy: {report}"
     assert run.returncode == 3, run.output

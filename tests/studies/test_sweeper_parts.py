@@ -1,15 +1,12 @@
-"""The sweeper's metric lookup, the launchers' GPU assignment and stop requests, without training."""
+"""The sweeper's metric lookup, the launchers' GPU assignment and the trial channel, without training."""
 from __future__ import annotations
-
-import sys
-import threading
-import time
 
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.launch.hydra_launchers import STOP_FILE, _run_job_in_worker, gpu_slots, visible_gpu_ids
+from orchestrator.launch.hydra_launchers import gpu_slots, visible_gpu_ids
 from orchestrator.launch.sweeper import epoch_key, objective_from_files, objective_from_metrics, tags_found
+from orchestrator.launch.trial_channel import TrialChannel
 
 METRICS = {"validation": {"accuracy": 0.9, "loss": 0.3}, "test": {"accuracy": 0.8, "loss": 0.5},
            "train": {"accuracy": 0.95, "loss": 0.2}, "examples_per_second": 120.0}
@@ -39,14 +36,15 @@ def test_objective_from_event_files_then_reported_metrics(tmp_path):
     from tuners import report_metric
     from tuners.metrics import EventWriter
 
+    channel = TrialChannel(tmp_path)
     with EventWriter(tmp_path / "tensorboard" / "validation") as writer:
         writer.add_scalar("epoch_accuracy", 0.5, 0)
         writer.add_scalar("epoch_accuracy", 0.75, 1)
-    assert objective_from_files(tmp_path, "accuracy") == 0.75
-    report_metric(0.42, step=3, tag="f1", path=tmp_path / "reported_metrics.jsonl")
-    assert objective_from_files(tmp_path, "f1") == pytest.approx(0.42)
-    assert objective_from_files(tmp_path, "auc") is None
-    found = tags_found({"validation": {"accuracy": 0.9}}, tmp_path)
+    assert objective_from_files(channel, "accuracy") == 0.75
+    report_metric(0.42, step=3, tag="f1", path=channel.reported_metrics_path)
+    assert objective_from_files(channel, "f1") == pytest.approx(0.42)
+    assert objective_from_files(channel, "auc") is None
+    found = tags_found({"validation": {"accuracy": 0.9}}, channel)
     assert {"validation.accuracy", "validation/epoch_accuracy", "f1"} <= set(found)
 
 
@@ -77,11 +75,25 @@ def test_no_gpu_leaves_cuda_visible_devices_alone(monkeypatch):
     assert gpu_slots(2, visible_gpu_ids(), None) == [None, None]
 
 
-def test_a_stop_request_terminates_the_job_process(tmp_path):
-    job_dir = tmp_path / "trial_0"
-    threading.Timer(1.5, lambda: (job_dir / STOP_FILE).touch()).start()
-    start = time.monotonic()
-    out = _run_job_in_worker([sys.executable, "-c", "import time; time.sleep(120)"], {"TFSCALE_TRIAL_ID": "0"},
-                             str(tmp_path), str(job_dir), stop_timeout_s=2.0)
-    assert out["stopped"] and out["returncode"] != 0
-    assert time.monotonic() - start < 20
+def test_the_trial_channel_carries_stop_requests_and_measurements(tmp_path, monkeypatch):
+    from orchestrator.artifacts.run_record import RunRecord
+    from tuners import report_metric
+
+    channel = TrialChannel(tmp_path / "trial_3")
+    channel.reset()
+    assert not channel.stop_requested and channel.epochs() == [] and channel.final_metrics() is None
+    # The trial side: its run record and report_metric, which finds the file through the channel's env.
+    record = RunRecord(channel.dir)
+    record.append_epoch({"epoch": 1, "val_accuracy": 0.5})
+    record.append_epoch({"epoch": 2, "val_accuracy": 0.7})
+    record.write_metrics({"validation": {"accuracy": 0.7}})
+    for name, value in channel.env().items():
+        monkeypatch.setenv(name, value)
+    report_metric(0.3, step=2, tag="f1")
+    assert [e["val_accuracy"] for e in channel.epochs()] == [0.5, 0.7]
+    assert [r["value"] for r in channel.reported_metrics("f1")] == [0.3]
+    assert channel.final_metrics() == {"validation": {"accuracy": 0.7}}
+    channel.request_stop()
+    assert TrialChannel(channel.dir).stop_requested
+    channel.reset()  # a re-run of the trial: nothing of the interrupted attempt is left
+    assert not channel.stop_requested and channel.epochs() == [] and channel.reported_metrics() == []

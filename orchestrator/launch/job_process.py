@@ -1,0 +1,174 @@
+"""One sweep job in a process of its own: ``python -m orchestrator.launch.job_process [--warm] JOB_FILE``.
+
+tfscale's Hydra launchers run a job the way Hydra's own launchers do — ``hydra.core.utils.run_job`` with the
+task function Hydra handed them and the job's config, composed once in the driver — but never in the
+driver's process: a trial's device topology must be applied before TensorFlow initialises, which only a
+fresh process allows. The launcher writes the job file (cloudpickle: the task function, the job's config,
+the :class:`~hydra.types.HydraContext` and Hydra's singletons, which carry the config store and custom
+resolvers) and starts this module on it; it restores the singletons, runs the job and pickles the
+:class:`~hydra.core.utils.JobReturn` back next to the job file. A Ray worker calls :func:`execute` directly.
+
+``--warm`` (for task functions marked with :func:`warm_start`) forks the warm task process first, so
+TensorFlow is imported while this process unpickles the job and Hydra writes the job's files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+_JOB_FILE = ".tfscale_job.pkl"
+_RETURN_FILE = ".tfscale_return.pkl"
+_WARM_MARK = "__tfscale_warm_start__"
+
+
+def warm_start(task_function: Callable) -> Callable:
+    """Mark a Hydra task function that trains with TensorFlow in its own process.
+
+    A job process running it forks the warm task process (:mod:`orchestrator.launch.warm_task`) before
+    anything else, as a plain ``tfscale`` run does.
+    """
+    setattr(task_function, _WARM_MARK, True)
+    return task_function
+
+
+def wants_warm_start(task_function: Any) -> bool:
+    """True for task functions marked with :func:`warm_start`."""
+    return bool(getattr(task_function, _WARM_MARK, False))
+
+
+# ----------------------------------------------------------------------------------------- driver side
+def payload(*, task_function: Any, config: Any, hydra_context: Any, singleton_state: Any) -> Dict[str, Any]:
+    """Everything a job needs to run elsewhere: the task function, the job's config, Hydra's context and
+    singletons, and the driver's working directory (relative paths in the config are relative to it)."""
+    return {"task_function": task_function, "config": config, "hydra_context": hydra_context,
+            "singletons": singleton_state, "cwd": os.getcwd()}
+
+
+def write_job(directory: Path, job: Dict[str, Any]) -> Path:
+    """Write the job file of ``job`` (see :func:`payload`) into its directory; returns its path."""
+    import cloudpickle
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / _JOB_FILE
+    (directory / _RETURN_FILE).unlink(missing_ok=True)
+    _write_atomically(path, cloudpickle.dumps(job))
+    return path
+
+
+def command(job_file: Path, warm: bool) -> List[str]:
+    """The argv of the job process of ``job_file``."""
+    return [sys.executable, "-m", "orchestrator.launch.job_process", *(["--warm"] if warm else []), str(job_file)]
+
+
+def read_return(job_file: Path) -> Any:
+    """The JobReturn the job process left next to ``job_file`` (None if it left none); both files go."""
+    path = job_file.parent / _RETURN_FILE
+    try:
+        with open(path, "rb") as f:
+            ret = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        ret = None
+    path.unlink(missing_ok=True)
+    job_file.unlink(missing_ok=True)
+    return ret
+
+
+# -------------------------------------------------------------------------------------------- job side
+def execute(job: Dict[str, Any], log_path: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> Any:
+    """Run one job here: restore Hydra's singletons, ``run_job`` in the sweep directory; the JobReturn.
+
+    ``log_path``: send this process's stdout and stderr there (a Ray worker, whose output is otherwise Ray's);
+    ``env``: variables to set first. Relative paths in the job's config mean what they mean in the driver,
+    so the job runs from the driver's working directory when this machine has it.
+    """
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import run_job, setup_globals
+
+    if log_path is not None:
+        _redirect_output(log_path)
+    os.environ.update(env or {})
+    if os.path.isdir(job.get("cwd", "")):
+        os.chdir(job["cwd"])
+    setup_globals()
+    Singleton.set_state(job["singletons"])
+    ret = run_job(hydra_context=job["hydra_context"], task_function=job["task_function"], config=job["config"],
+                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    error = ret._return_value if isinstance(ret._return_value, BaseException) else None
+    if error is not None:  # the log shows why the job failed; the driver gets the exception itself
+        traceback.print_exception(type(error), error, error.__traceback__)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return _portable(ret)
+
+
+def _portable(ret: Any) -> Any:
+    """``ret`` with a return value that survives the trip back to the driver.
+
+    An exception whose constructor takes other arguments than its message cannot be unpickled; the driver
+    then gets a :class:`TaskFailedError` with the same type name and message. A return value that cannot be
+    pickled at all makes the job FAILED, saying so.
+    """
+    import cloudpickle
+    from hydra.core.utils import JobStatus
+
+    from orchestrator.errors import TaskFailedError
+
+    value = ret._return_value
+    try:
+        pickle.loads(cloudpickle.dumps(value))
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the value cannot travel
+        if isinstance(value, BaseException):
+            ret._return_value = TaskFailedError(f"{type(value).__name__}: {value}")
+        else:
+            ret.status = JobStatus.FAILED
+            ret._return_value = TaskFailedError(f"The task function returned a {type(value).__name__}, which cannot "
+                                                f"be sent back to the launcher ({exc}). Return plain data "
+                                                f"(numbers, strings, lists, dicts).")
+    return ret
+
+
+def _redirect_output(log_path: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    from orchestrator.artifacts.publish import publish_file
+
+    publish_file(path, data)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the job of a job file and write its JobReturn next to it; 0 once the JobReturn is written."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.launch.job_process", description=__doc__)
+    parser.add_argument("--warm", action="store_true", help="fork the warm task process first")
+    parser.add_argument("job_file", type=Path)
+    args = parser.parse_args(argv)
+    if args.warm:
+        from orchestrator.launch import warm_task
+
+        warm_task.start()  # TensorFlow imports in the task process while this one unpickles
+    from orchestrator.runtime import supervisor
+
+    supervisor.install_signal_handlers()  # a stopped job unwinds (its run record says so, its children stop)
+    with open(args.job_file, "rb") as f:
+        job = pickle.load(f)
+    ret = execute(job)
+    import cloudpickle
+
+    _write_atomically(args.job_file.parent / _RETURN_FILE, cloudpickle.dumps(ret))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Every strategy runs the shipped conformance suite (:mod:`strategies.testing`).
+
+Valid contexts are configs the project's full validation accepts; invalid ones are composed as a user's
+overrides would be and handed to ``check`` directly.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from orchestrator.config.compose import compose
+from orchestrator.config.validation import strategy_context, validate
+from strategies.testing import BasicStrategyTestCase, Invalid
+
+MWMS = ["strategy=multi_worker_mirrored", "cluster=workers_2", "backend=processes"]
+PS = ["strategy=parameter_server", "cluster=ps_2x1", "backend=processes"]
+
+
+@functools.lru_cache(maxsize=None)  # composed once per module: several tests ask for the same contexts
+def _context(overrides: tuple, validated: bool):
+    cfg = compose(list(overrides))
+    if validated:
+        validate(cfg)
+    return strategy_context(cfg)
+
+
+def valid(*overrides: str):
+    """The strategy context of a config that passes the project's whole validation."""
+    return _context(overrides, True)
+
+
+def invalid(overrides, key, value) -> Invalid:
+    return Invalid(_context(tuple(overrides), False), key, value)
+
+
+class TestDefault(BasicStrategyTestCase):
+    name = "default"
+
+    def valid_contexts(self):
+        return [valid("strategy=default"), valid("strategy=default", "topology=cpu_x2")]
+
+    def expected_replicas(self, ctx):
+        return 1
+
+
+class TestOneDevice(BasicStrategyTestCase):
+    name = "one_device"
+
+    def valid_contexts(self):
+        return [valid("strategy=one_device", "topology=cpu"),
+                valid("strategy=one_device", "topology=cpu_x2", "strategy.device=/cpu:1")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=one_device", "topology=cpu", "strategy.device=/cpu:3"], "strategy.device", ["/cpu:3"]),
+                invalid(["strategy=one_device", "topology=cpu", "strategy.device=cpu0"], "strategy.device", ["cpu0"])]
+
+    def expected_replicas(self, ctx):
+        return 1
+
+
+class TestMirrored(BasicStrategyTestCase):
+    name = "mirrored"
+
+    def valid_contexts(self):
+        return [valid("strategy=mirrored", "topology=cpu_x2"),
+                valid("strategy=mirrored", "topology=cpu_x4", "strategy.devices=[/cpu:0,/cpu:2]")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=mirrored", "topology=cpu"], "topology.cpu_devices", 1),
+                invalid(["strategy=mirrored", "topology=cpu_x2", "strategy.devices=[/cpu:0,/cpu:7]"], "strategy.devices",
+                        ["/cpu:0", "/cpu:7"]),
+                invalid(["strategy=mirrored", "topology=cpu_x2", "strategy.cross_device_ops=nccl"],
+                        "strategy.cross_device_ops", "nccl")]
+
+    def expected_replicas(self, ctx):
+        return len(ctx.cfg.strategy.devices or []) or ctx.devices.logical_cpus
+
+
+class TestCentralStorage(BasicStrategyTestCase):
+    name = "central_storage"
+
+    def valid_contexts(self):
+        return [valid("strategy=central_storage", "topology=cpu_x2"),
+                valid("strategy=central_storage", "topology=cpu_x2", "strategy.parameter_device=/cpu:1")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=central_storage", "topology=cpu_x2", "strategy.devices=[/cpu:0,/cpu:9]"],
+                        "strategy.devices", ["/cpu:0", "/cpu:9"]),
+                invalid(["strategy=central_storage", "topology=cpu_x2", "strategy.parameter_device=/cpu:9"],
+                        "strategy.parameter_device", ["/cpu:9"])]
+
+    def expected_replicas(self, ctx):
+        return ctx.devices.logical_cpus
+
+
+class TestMultiWorkerMirrored(BasicStrategyTestCase):
+    name = "multi_worker_mirrored"
+
+    def valid_contexts(self):
+        return [valid(*MWMS), valid(*MWMS, "cluster.worker.count=1"),
+                valid("strategy=multi_worker_mirrored", "cluster=chief_workers_2", "backend=ray", "trainer.batch_size=48")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=multi_worker_mirrored"], "cluster", "none"),
+                invalid(["strategy=multi_worker_mirrored", "cluster=workers_2"], "backend", "local"),
+                invalid([*MWMS, "strategy.communication=nccl"], "strategy.communication", "nccl"),
+                invalid(["strategy=multi_worker_mirrored", "cluster=ps_2x1", "backend=processes"], "cluster.ps.count", 1)]
+
+    def expected_replicas(self, ctx):
+        return ctx.cluster_workers
+
+
+class TestParameterServer(BasicStrategyTestCase):
+    name = "parameter_server"
+
+    def valid_contexts(self):
+        return [valid(*PS), valid(*PS, "strategy.num_shards=2")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=parameter_server", "cluster=workers_2", "backend=processes"], "cluster.ps.count", 0),
+                invalid([*PS, "strategy.num_shards=2", "strategy.min_shard_bytes=1024"], "strategy.min_shard_bytes", 1024),
+                invalid([*PS, "strategy.num_shards=-1"], "strategy.num_shards", -1)]
+
+    def expected_replicas(self, ctx):
+        return 1
+
+    def build_cluster(self, ctx):
+        # The smallest cluster the strategy accepts keeps the build quick on two cores.
+        return {"chief": 1, "worker": 1, "ps": 1}
+
+
+def _tpu_here() -> bool:
+    import os
+
+    return bool(os.environ.get("TPU_NAME")) or any(os.path.exists(f"/dev/accel{i}") for i in range(4))
+
+
+class TestTPU(BasicStrategyTestCase):
+    name = "tpu"
+
+    def valid_contexts(self):
+        return [valid("strategy=tpu"), valid("strategy=tpu", "strategy.tpu=grpc://10.240.1.2:8470")]
+
+    def invalid_contexts(self):
+        return [invalid(["strategy=tpu", "strategy.tpu=null"], "strategy.tpu", None),
+                invalid(["strategy=tpu", "strategy.tpu=grpc://10.240.1.2"], "strategy.tpu", "grpc://10.240.1.2"),
+                invalid(["strategy=tpu", "cluster=workers_2"], "cluster", "workers_2")]
+
+    def expected_replicas(self, ctx):
+        return 1
+
+    def missing_hardware(self):
+        return None if _tpu_here() else "this machine has no TPU"
+
+
+def test_every_registered_strategy_runs_the_suite():
+    import strategies
+
+    suites = {cls.name for cls in globals().values()
+              if isinstance(cls, type) and issubclass(cls, BasicStrategyTestCase) and cls.name}
+    assert suites == set(strategies.STRATEGIES)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -175,6 +175,25 @@ class BasicStrategyTestCase:
 
 
 # ------------------------------------------------------------------------------------ fresh builds
+def _tied_to_this_process():
+    """A ``preexec_fn`` that has the kernel SIGKILL the task if the test process dies (Linux), so no server
+    task outlives an interrupted test; None where ``prctl`` is not available."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: a forked child must not load libraries
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def tie() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the test process died before prctl took effect
+            os._exit(1)
+
+    return tie
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -211,7 +230,7 @@ def build_in_fresh_processes(strategy: Strategy, ctx: StrategyContext, cluster: 
                 with open(log, "wb") as log_file:
                     proc = subprocess.Popen([sys.executable, "-m", "strategies.testing", str(payload)], env=env,
                                             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_tied_to_this_process())
                 procs.append((task, serve, proc, out, log))
             deadline = time.monotonic() + timeout
             builders = [p for p in procs if not p[1]]
@@ -237,6 +256,8 @@ def _child(payload_path: str) -> int:
     strategy: Strategy = payload["strategy"]
     out = Path(payload["out"])
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported: tfscale trains with tf_keras
+    if not ctx.devices.logical_gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # the planned topology has no GPU: TensorFlow must not see one
     import numpy as np
     import tensorflow as tf
     import tf_keras as keras

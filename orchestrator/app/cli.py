@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
@@ -71,10 +73,13 @@ def preflight(argv: Sequence[str]) -> None:
     # Needed although hydra_task validates again: Hydra creates the run directory before it calls the task,
     # and this config (composed without --config-path) is not necessarily the one Hydra composes.
     validate(cfg)
+    from orchestrator.artifacts import storage
+
+    storage.preflight(cfg)
 
 
 @warm_start  # a sweep job running it imports TensorFlow while it restores the job
-def hydra_task(cfg: ExperimentConfig, *, validated: bool = False) -> Any:
+def hydra_task(cfg: ExperimentConfig, *, validated: bool = False, run_uri: Optional[str] = None) -> Any:
     """The Hydra task function: validate, pick the backend, run, print a summary.
 
     Returns the chief's metrics, so sweepers read objectives from the return value. ``validated``: the
@@ -82,6 +87,10 @@ def hydra_task(cfg: ExperimentConfig, *, validated: bool = False) -> Any:
     of it without the ``hydra`` node), so it is not validated a second time. The run directory's
     ``status.json`` says ``running`` from the start and how the run ended on every way out this process can
     catch (a run killed with SIGKILL stays ``running`` with a dead pid).
+
+    ``run_uri``: the run directory in a bucket (``runs_dir=gs://...``). Hydra's output directory is then a
+    local temporary one (see ``run_single``) that the backend's task processes write; ``status.json`` is
+    written to the bucket from the start, and the rest of the record is uploaded before the final status.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -89,39 +98,57 @@ def hydra_task(cfg: ExperimentConfig, *, validated: bool = False) -> Any:
     from orchestrator import launch as backends
     from orchestrator.artifacts.run_record import RunRecord
     from orchestrator.training.task import summary
+    from orchestrator.config.schema import BackendName
     from orchestrator.config.validation import validate
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     record = RunRecord(run_dir)
     record.redact_hydra_files()  # Hydra wrote its copies of the config and overrides before calling us
-    record.mark_running()
+    bucket = RunRecord(run_uri) if run_uri else None
+    status = bucket or record
+
+    def upload(strict: bool) -> None:
+        if bucket is None:
+            return
+        try:
+            bucket.upload(run_dir)
+        except Exception as exc:
+            if strict:
+                raise
+            log.error("could not upload the run record to %s: %s", run_uri, exc)  # keep the run's own outcome
+
+    status.mark_running()
     try:
         if not validated:
             # A job of hydra.main or of a sweep. A study's driver validated it too, in another process; this
             # is the process that trains, whose devices (e.g. the GPUs the launcher gave it) the plan checks.
             validate(cfg)
         record.write_config(cfg)
-        if cfg.backend.name != "local":
+        if cfg.backend.name != BackendName.local:
             from orchestrator.launch import warm_task
 
             warm_task.release()  # this backend starts its own task processes
         metrics = backends.get(cfg.backend.name).run(cfg, run_dir)
+        upload(strict=True)
     except TfscaleError as exc:
-        record.mark_failed(exc)
+        upload(strict=False)
+        status.mark_failed(exc)
         if hc.mode == RunMode.MULTIRUN:
             raise
         print(f"tfscale: error: {redact_message(exc)}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except (KeyboardInterrupt, SystemExit) as exc:
-        record.mark_interrupted(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None)
+        upload(strict=False)
+        status.mark_interrupted(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else None)
         raise
     except BaseException as exc:
-        record.mark_failed(exc)
+        upload(strict=False)
+        status.mark_failed(exc)
         raise
-    record.mark_completed()
+    status.mark_completed()
     print(summary(metrics))
-    print(f"tfscale: run record {run_dir}")
+    print(f"tfscale: run record {run_uri or run_dir}")
     return metrics
 
 
@@ -146,6 +173,9 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
     from hydra.core.utils import run_job
     from hydra.types import HydraContext, RunMode
 
+    from omegaconf import open_dict, read_write
+
+    from orchestrator.artifacts import storage
     from orchestrator.config.schema import register_configs
     from orchestrator.config.validation import validate
 
@@ -160,6 +190,7 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
         search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name="tfscale", config_search_path=search_path)
+    local_run_dir: Optional[str] = None
     try:
         try:
             parsed = OverridesParser.create().parse_overrides(overrides)
@@ -172,17 +203,31 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
         except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
             raise translate_compose_error(exc, overrides) from exc
         validate(cfg)  # before run_job creates the run directory; hydra_task is told not to repeat it
+        storage.preflight(cfg)  # buckets reachable and writable: seconds of network, still before any write
+        run_uri = str(cfg.hydra.run.dir)
+        if storage.is_remote(run_uri):
+            # Hydra writes .hydra/ and its log into hydra.run.dir and can only write a local directory. With a
+            # bucket run directory that is a temporary directory, removed at the end; the run record goes to
+            # the bucket through RunRecord (the .hydra/ copies redacted), so nothing lands in the working
+            # directory.
+            local_run_dir = tempfile.mkdtemp(prefix="tfscale-run-")
+            with read_write(cfg.hydra), open_dict(cfg.hydra):
+                cfg.hydra.run.dir = local_run_dir
+        else:
+            run_uri = None
         if cfg.hydra.mode is None:
             cfg.hydra.mode = RunMode.RUN
         callbacks = Callbacks(cfg)
         callbacks.on_run_start(config=cfg, config_name=config_name)
         ret = run_job(hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
-                      task_function=functools.partial(hydra_task, validated=True), config=cfg,
+                      task_function=functools.partial(hydra_task, validated=True, run_uri=run_uri), config=cfg,
                       job_dir_key="hydra.run.dir", job_subdir_key=None)
         callbacks.on_run_end(config=cfg, config_name=config_name, job_return=ret)
         _ = ret.return_value  # re-raises what the task raised
     finally:
         GlobalHydra.instance().clear()
+        if local_run_dir is not None:
+            shutil.rmtree(local_run_dir, ignore_errors=True)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

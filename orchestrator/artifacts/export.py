@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
+from orchestrator.artifacts import storage
 from orchestrator.artifacts.publish import VERSION_RE, existing_versions, publish_directory  # noqa: F401  (public here)
 from orchestrator.artifacts.redact import redact
 
@@ -46,8 +47,12 @@ def save_model(tf: Any, model: Any, path: Path, input_shape: Sequence[int], inpu
         extra.write_text(json.dumps(redact(record), indent=2, default=str))
 
 
-def export_version(tf: Any, model: Any, cfg: ExperimentConfig, input_shape: Sequence[int], record: Dict[str, Any]) -> Path:
-    """Publish the trained model as the next version of ``export.model_name``; return its directory."""
-    model_dir = Path(cfg.export.model_base) / str(cfg.export.model_name)
+def export_version(tf: Any, model: Any, cfg: ExperimentConfig, input_shape: Sequence[int], record: Dict[str, Any]) -> Path | str:
+    """Publish the trained model as the next version of ``export.model_name``; return its directory.
+
+    ``export.model_base`` may be a bucket URI (``gs://b/models``): the version is saved locally, then uploaded
+    with ``saved_model.pb`` last, and its URI is returned (see :mod:`orchestrator.artifacts.publish`).
+    """
+    model_dir = storage.join(cfg.export.model_base, str(cfg.export.model_name))
     return publish_directory(model_dir, lambda tmp: save_model(
         tf, model, tmp, input_shape, cfg.export.input_name, cfg.export.output_name, record))

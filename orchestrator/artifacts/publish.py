@@ -19,6 +19,27 @@ things into place:
 5. On any failure the temporary is removed. A temporary left by a process that died (SIGKILL, power loss)
    is removed by the next publish into the same directory once it is older than :data:`STALE_AFTER_S`;
    a younger one may belong to a publisher still writing, and is kept.
+
+Every target may also be an object-store URI (``gs://``, ``s3://``; see :mod:`orchestrator.artifacts.storage`).
+An object store has no rename, so the same promise is kept another way:
+
+- A single file (a ``.tflite``, a run-record file, ``models.config``) is one object, and an object appears
+  whole or not at all.
+- A directory (a SavedModel version, a TF.js model) is written to a local temporary directory, then uploaded
+  under its final name with its *entry file* last: ``saved_model.pb`` (or a TF.js ``model.json``). What a
+  server considers a version is a numeric directory (the embedded server's poller and TF Serving's
+  ``FileSystemStoragePathSource`` alike: any child whose name parses as an integer); TF Serving then loads
+  it with ``LoadSavedModel``, which needs ``saved_model.pb`` and retries a failed load
+  (``--max_num_load_retries``, ``--load_retry_interval_micros``). So every reader of a repository here
+  (:func:`existing_versions`, :func:`visible_versions`, the embedded server) treats a numeric directory
+  without its entry file as not there yet, and a TF Serving that lists it early fails one load attempt and
+  retries, by when the upload is complete: the rest is always uploaded before the entry file.
+- Numbers are handed out by create-only *claim* objects, ``<parent>/.versions/NNNN.claim`` (GCS
+  ``ifGenerationMatch=0``, S3 ``If-None-Match``): of two publishers racing for a number exactly one creates
+  the claim, the other takes the next number. A claimed number is never reused, even if its upload died.
+- A publisher killed mid-upload leaves a numeric directory without an entry file: invisible to readers, and
+  removed by the next publish into the same parent once its newest object is older than
+  :data:`STALE_AFTER_S` (the rule for local ``.tmp-*`` temporaries); a younger one may still be uploading.
 """
 from __future__ import annotations
 
@@ -33,7 +54,9 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from orchestrator.artifacts import storage
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +66,21 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 VERSION_RE = re.compile(r"^\d+$")
 _MAX_TRIES = 1000
+#: Files a reader opens first, uploaded last on an object store: once one is there, the rest is too.
+ENTRY_FILES = ("saved_model.pb", "model.json")
+CLAIMS_DIR = ".versions"
+CLAIM_SUFFIX = ".claim"
+Target = Union[str, Path]  # a local path or a storage URI
 
 
 # ------------------------------------------------------------------------------------------ numbering
-def existing_versions(model_dir: Path) -> List[int]:
-    """Version numbers published under ``model_dir`` (directories named only by digits)."""
+def existing_versions(model_dir: Target) -> List[int]:
+    """Version numbers published under ``model_dir`` (directories named only by digits).
+
+    On an object store a numeric directory counts once its ``saved_model.pb`` is there (see the module doc).
+    """
+    if storage.is_remote(model_dir):
+        return sorted(visible_versions(model_dir))
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
@@ -191,23 +224,33 @@ def remove_stale_temporaries(directory: Path, older_than_s: float = STALE_AFTER_
 
 
 # ------------------------------------------------------------------------------------------ directories
-def staging_directory(parent: Path, hint: str = "version") -> Path:
+def staging_directory(parent: Target, hint: str = "version") -> Path:
     """A new hidden temporary directory ``parent/.tmp-<hint>-*`` to write an artifact into.
 
     Publish it with :func:`publish_staged`, or :func:`discard` it. Stale temporaries of ``parent`` are
-    removed first.
+    removed first. For an object-store ``parent`` it is a local temporary directory (uploaded on publish).
     """
+    if storage.is_remote(parent):
+        return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{hint}-"))
     parent = Path(parent)
     _make_parents(parent)
     remove_stale_temporaries(parent)
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{hint}-", dir=parent))
 
 
-def publish_staged(tmp: Path, parent: Path, *, name: Optional[str] = None, suffix: str = "") -> Path:
+def publish_staged(tmp: Path, parent: Target, *, name: Optional[str] = None, suffix: str = "") -> Target:
     """Seal the staged directory ``tmp`` and rename it to ``parent/name``, or to the next free ``NNNN<suffix>``.
 
-    With ``name``, FileExistsError if it is taken. ``tmp`` is removed on any failure.
+    With ``name``, FileExistsError if it is taken. ``tmp`` is removed on any failure. An object-store
+    ``parent`` gets the upload described in the module doc, and the published URI (a ``str``) is returned.
     """
+    if storage.is_remote(parent):
+        try:
+            target = _upload_version(Path(tmp), str(parent), name=name, suffix=suffix)
+        finally:
+            discard(tmp)
+        log.info("published %s", target)
+        return target
     tmp, parent = Path(tmp), Path(parent)
     try:
         _seal(tmp)
@@ -219,11 +262,12 @@ def publish_staged(tmp: Path, parent: Path, *, name: Optional[str] = None, suffi
     return target
 
 
-def publish_directory(parent: Path, write: Callable[[Path], None], *, name: Optional[str] = None,
-                      suffix: str = "") -> Path:
+def publish_directory(parent: Target, write: Callable[[Path], None], *, name: Optional[str] = None,
+                      suffix: str = "") -> Target:
     """Publish a directory written by ``write(tmp_dir)`` as ``parent/name`` or the next free ``NNNN<suffix>``.
 
     On any failure (in ``write`` too) the temporary directory is removed: nothing half-written is left.
+    ``parent`` may be an object-store URI; ``write`` always writes to a local directory.
     """
     tmp = staging_directory(parent)
     try:
@@ -272,8 +316,14 @@ def _staged_file(directory: Path, name: str, content: Union[bytes, str]) -> Path
     return Path(tmp)
 
 
-def publish_file(target: Path, content: Union[bytes, str]) -> Path:
-    """Write ``content`` to ``target`` atomically, replacing what was there (temporary sibling, fsync, rename)."""
+def publish_file(target: Target, content: Union[bytes, str]) -> Target:
+    """Write ``content`` to ``target`` atomically, replacing what was there (temporary sibling, fsync, rename).
+
+    An object-store ``target`` is written as one object (which appears whole or not at all).
+    """
+    if storage.is_remote(target):
+        storage.put_bytes(target, content.encode("utf-8") if isinstance(content, str) else content)
+        return str(target)
     target = Path(target)
     tmp = _staged_file(target.parent, target.name, content)
     try:
@@ -285,8 +335,14 @@ def publish_file(target: Path, content: Union[bytes, str]) -> Path:
     return target
 
 
-def publish_numbered_file(directory: Path, content: Union[bytes, str], *, suffix: str) -> Path:
+def publish_numbered_file(directory: Target, content: Union[bytes, str], *, suffix: str) -> Target:
     """Publish ``content`` as ``directory/NNNN<suffix>`` with the next free number; never replaces a file."""
+    if storage.is_remote(directory):
+        number = _claim_number(str(directory))
+        target = storage.join(directory, f"{number:04d}{suffix}")
+        storage.put_bytes(target, content.encode("utf-8") if isinstance(content, str) else content, create_only=True)
+        log.info("published %s", target)
+        return target
     directory = Path(directory)
     tmp = _staged_file(directory, f"numbered{suffix}", content)
     try:
@@ -298,14 +354,15 @@ def publish_numbered_file(directory: Path, content: Union[bytes, str], *, suffix
     return target
 
 
-def write_text(path: Path, text: str) -> Path:
+def write_text(path: Target, text: str) -> Target:
     """Write ``text`` (UTF-8) to ``path`` atomically: readers see the old file or the new one, never half."""
-    return publish_file(Path(path), text)
+    return publish_file(path if storage.is_remote(path) else Path(path), text)
 
 
-def write_json(path: Path, obj: Any) -> Path:
+def write_json(path: Target, obj: Any) -> Target:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return publish_file(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return publish_file(path if storage.is_remote(path) else Path(path),
+                        json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ moving aside
@@ -317,3 +374,93 @@ def move_aside(path: Path, aside: Path) -> Path:
     if path.parent != aside.parent:
         _fsync_dir(path.parent)
     return aside
+
+
+# ------------------------------------------------------------------------------------------ object stores
+def visible_versions(model_dir: Target) -> Dict[int, str]:
+    """``{version: location}`` of the versions a server may load from ``model_dir`` (a path or a URI).
+
+    Local: every numeric directory (they appear by an atomic rename). Object store: every numeric directory
+    whose ``saved_model.pb`` is there — one still uploading, or left by a killed upload, is not a version.
+    """
+    if not storage.is_remote(model_dir):
+        return {v: str(Path(model_dir) / f"{v:04d}") for v in existing_versions(model_dir)}
+    found: Dict[int, str] = {}
+    for name in storage.listdir(model_dir):
+        if VERSION_RE.match(name):
+            location = storage.join(model_dir, name)
+            if storage.exists(storage.join(location, ENTRY_FILES[0])):
+                found[int(name)] = location
+    return found
+
+
+def remove_stale_uploads(parent: str, older_than_s: float = STALE_AFTER_S) -> List[str]:
+    """Remove numbered directories of ``parent`` that have no entry file and no object newer than ``older_than_s``.
+
+    Those are uploads whose publisher died; a younger one may still be uploading, and is kept. Returns the
+    URIs removed.
+    """
+    removed = []
+    now = time.time()
+    for name in storage.listdir(parent):
+        if not re.match(r"^\d", name):
+            continue
+        location = storage.join(parent, name)
+        found = storage.files(location)  # {} for a single object (a .tflite): those appear whole
+        if not found or any(rel in ENTRY_FILES for rel in found):
+            continue
+        if now - max(found.values()) <= older_than_s:
+            continue
+        storage.remove(location)
+        removed.append(location)
+        log.info("removed stale partial upload %s", location)
+    return removed
+
+
+def publish_tree(local_dir: Path, target: Target, *, skip: Callable[[str], bool] = lambda rel: False) -> List[Target]:
+    """Publish every file of ``local_dir`` as ``target/<relative path>`` (each with :func:`publish_file`).
+
+    For mirroring a local working directory (a run's record, a study) into a bucket; files for which
+    ``skip(relative path)`` is true and hidden temporaries are left out. Returns what was written.
+    """
+    written = []
+    for rel in sorted(storage.files(local_dir)):
+        if skip(rel) or any(part.startswith(TMP_PREFIX) for part in Path(rel).parts):
+            continue
+        written.append(publish_file(storage.join(target, Path(rel).as_posix()), (Path(local_dir) / rel).read_bytes()))
+    return written
+
+
+def _claim(parent: str, name: str) -> bool:
+    """Create the claim object of ``name`` under ``parent``; False if another publisher holds it."""
+    record = json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "time": time.time()})
+    try:
+        storage.put_bytes(storage.join(parent, CLAIMS_DIR, f"{name}{CLAIM_SUFFIX}"), record.encode(), create_only=True)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _claim_number(parent: str) -> int:
+    """Claim the next number under ``parent``: above every claim and every numbered name already there."""
+    highest = 0
+    for name in storage.listdir(parent) + storage.listdir(storage.join(parent, CLAIMS_DIR)):
+        m = re.match(r"^(\d+)", name)
+        if m:
+            highest = max(highest, int(m.group(1)))
+    for number in range(highest + 1, highest + 1 + _MAX_TRIES):
+        if _claim(parent, f"{number:04d}"):
+            return number
+    raise RuntimeError(f"Could not claim a free number under {parent} after {_MAX_TRIES} tries.")
+
+
+def _upload_version(tmp: Path, parent: str, *, name: Optional[str], suffix: str) -> str:
+    remove_stale_uploads(parent)
+    if name is not None:
+        target = storage.join(parent, name)
+        if storage.exists(target) or not _claim(parent, name):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    else:
+        target = storage.join(parent, f"{_claim_number(parent):04d}{suffix}")
+    storage.upload_dir(tmp, target, last=ENTRY_FILES)
+    return target

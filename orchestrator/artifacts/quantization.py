@@ -44,9 +44,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from orchestrator.artifacts import publish
+from orchestrator.artifacts import publish, storage
 from orchestrator.errors import ConfigError, GateError
 
 if TYPE_CHECKING:  # numpy is imported where it runs: validation must stay light
@@ -360,8 +360,11 @@ def format_table(report: Dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ publishing
-def tflite_path(version_dir: Path, mode: str) -> Path:
-    """Where the conversion of a version is published: ``<model_dir>/<NNNN>.<mode>.tflite``."""
+def tflite_path(version_dir: Union[Path, str], mode: str) -> Union[Path, str]:
+    """Where the conversion of a version is published: ``<model_dir>/<NNNN>.<mode>.tflite`` (a URI stays a URI)."""
+    if storage.is_remote(version_dir):
+        parent, name = storage.split(version_dir)
+        return storage.join(parent, f"{name}.{mode}.tflite")
     version_dir = Path(version_dir)
     return version_dir.parent / f"{version_dir.name}.{mode}.tflite"
 
@@ -373,7 +376,7 @@ class Conversion:
     report: Dict[str, Any]
     content: bytes
 
-    def publish(self, version_dir: Optional[Path]) -> Dict[str, Any]:
+    def publish(self, version_dir: Optional[Union[Path, str]]) -> Dict[str, Any]:
         """Publish beside ``version_dir`` (None: export disabled, nothing published); return the report."""
         if version_dir is not None:
             path = publish.publish_file(tflite_path(version_dir, self.report["mode"]), self.content)

@@ -16,6 +16,10 @@ This module is the only writer of a run directory's record files; every write go
 
 Because ``config.resolved.yaml`` is redacted, a secret given as an override never reaches task processes
 either: secrets come from their environment, which task processes inherit.
+
+``run_dir`` may be a bucket URI (``runs_dir=gs://b/runs``): each file is then one object, written whole. A
+bucket has no lock, so a URI run directory has one writer, the process that drives the run; the task
+processes write a local run directory, which the driver uploads with :meth:`RunRecord.upload` at the end.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from orchestrator.artifacts import publish
+from orchestrator.artifacts import publish, storage
 from orchestrator.artifacts.redact import redact, redact_args, redact_message  # noqa: F401  (redact_args: public here too)
 
 if TYPE_CHECKING:
@@ -88,8 +92,25 @@ class RunRecord:
     """Writer (and reader) of the record files of the run directory ``run_dir``."""
 
     def __init__(self, run_dir: Any):
-        self.run_dir = Path(run_dir)
+        self.remote = storage.is_remote(run_dir)
+        #: a Path, or the URI (str) of a run directory in a bucket
+        self.run_dir: Any = str(run_dir).rstrip("/") if self.remote else Path(run_dir)
         self._status: Optional[Dict[str, Any]] = None  # what mark_running wrote, kept for the end state
+
+    def path(self, *parts: str) -> Any:
+        """A file of this run directory (a URI for a bucket run directory)."""
+        return storage.join(self.run_dir, *parts) if self.remote else self.run_dir.joinpath(*parts)
+
+    def _read(self, name: str) -> str:
+        return storage.read_text(self.path(name)) if self.remote else self.path(name).read_text()
+
+    def upload(self, local_dir: Path) -> None:
+        """Copy the local run directory ``local_dir`` (what the task processes wrote) into this bucket run directory.
+
+        Hydra's copies in ``.hydra/`` are redacted first; ``status.json`` is this record's own.
+        """
+        RunRecord(local_dir).redact_hydra_files()
+        publish.publish_tree(Path(local_dir), self.run_dir, skip=lambda rel: rel == STATUS_FILE)
 
     # -------------------------------------------------------------------------------- what the run was
     def write_config(self, cfg: ExperimentConfig) -> Path:
@@ -97,12 +118,14 @@ class RunRecord:
         from omegaconf import OmegaConf
 
         data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
-        return publish.write_text(self.run_dir / CONFIG_FILE, _yaml_text(redact(data)))
+        return publish.write_text(self.path(CONFIG_FILE), _yaml_text(redact(data)))
 
     def redact_hydra_files(self) -> None:
         """Rewrite Hydra's copies in ``.hydra/`` redacted (only those holding a secret are touched)."""
         import yaml
 
+        if self.remote:  # Hydra writes only local directories; RunRecord.upload redacts before copying
+            return
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         for name in HYDRA_FILES:
             path = self.run_dir / ".hydra" / name
@@ -116,13 +139,13 @@ class RunRecord:
 
     def write_provenance(self, record: Dict[str, Any]) -> Path:
         """``provenance.json`` (see :func:`provenance`)."""
-        return publish.write_json(self.run_dir / PROVENANCE_FILE, redact(record))
+        return publish.write_json(self.path(PROVENANCE_FILE), redact(record))
 
     # -------------------------------------------------------------------------------- what it produced
     def write_metrics(self, metrics: Dict[str, Any]) -> Path:
         """``metrics.json``: the chief's results, replacing any earlier ones."""
         with self._locked():
-            return publish.write_json(self.run_dir / METRICS_FILE, redact(metrics))
+            return publish.write_json(self.path(METRICS_FILE), redact(metrics))
 
     def add_facts(self, facts: Dict[str, Any]) -> Dict[str, Any]:
         """Merge ``facts`` (top-level keys) into ``metrics.json`` under a lock; return the merged metrics.
@@ -130,10 +153,10 @@ class RunRecord:
         Backends use this to add what only they know (restarts, tasks, the Vertex job) to what the chief
         wrote, without a second writer of the file.
         """
-        path = self.run_dir / METRICS_FILE
+        path = self.path(METRICS_FILE)
         with self._locked():
             try:
-                metrics = json.loads(path.read_text())
+                metrics = json.loads(self._read(METRICS_FILE))
             except FileNotFoundError:
                 metrics = {}
             metrics.update(redact(facts))
@@ -143,27 +166,26 @@ class RunRecord:
     def metrics(self) -> Optional[Dict[str, Any]]:
         """The metrics written so far, or None."""
         try:
-            return json.loads((self.run_dir / METRICS_FILE).read_text())
+            return json.loads(self._read(METRICS_FILE))
         except FileNotFoundError:
             return None
 
     def append_epoch(self, entry: Dict[str, Any]) -> None:
         """Add one epoch's line to ``epochs.jsonl`` (read live by studies for early stopping)."""
-        _append_line(self.run_dir / EPOCHS_FILE, entry)
+        _append_line(self.path(EPOCHS_FILE), entry)
 
     def record_evaluation(self, entry: Dict[str, Any], summary: Dict[str, Any]) -> None:
         """The sidecar evaluator's result: a line in ``evaluator/evaluations.jsonl``, ``summary`` as its metrics.json."""
-        out = self.run_dir / EVALUATOR_DIR
-        _append_line(out / EVALUATIONS_FILE, entry)
-        publish.write_json(out / METRICS_FILE, redact(summary))
+        _append_line(self.path(EVALUATOR_DIR, EVALUATIONS_FILE), entry)
+        publish.write_json(self.path(EVALUATOR_DIR, METRICS_FILE), redact(summary))
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Another JSON file of the record (``vertex.json``...), redacted."""
-        return publish.write_json(self.run_dir / name, redact(obj))
+        return publish.write_json(self.path(name), redact(obj))
 
     def write_text(self, name: str, text: str) -> Path:
         """Another text file of the record (e.g. the gcloud YAML), redacted as text."""
-        return publish.write_text(self.run_dir / name, redact(text))
+        return publish.write_text(self.path(name), redact(text))
 
     # -------------------------------------------------------------------------------- how it ended
     def mark_running(self) -> None:
@@ -171,7 +193,7 @@ class RunRecord:
         pid = os.getpid()
         self._status = {"state": RunState.RUNNING.value, "pid": pid, "pid_start": _process_start(pid),
                         "host": socket.gethostname(), "started": _now()}
-        publish.write_json(self.run_dir / STATUS_FILE, self._status)
+        publish.write_json(self.path(STATUS_FILE), self._status)
 
     def mark_completed(self) -> None:
         """The run finished and recorded its results."""
@@ -190,14 +212,14 @@ class RunRecord:
         status = dict(self._status or self.status() or {})
         status.update({"state": state.value, "ended": _now()}, **{k: v for k, v in extra.items() if v is not None})
         try:
-            publish.write_json(self.run_dir / STATUS_FILE, status)
+            publish.write_json(self.path(STATUS_FILE), status)
         except OSError:  # never hide the run's own outcome behind a failure to record it
             pass
 
     def status(self) -> Optional[Dict[str, Any]]:
         """``status.json`` as written, or None for a run without one."""
         try:
-            return json.loads((self.run_dir / STATUS_FILE).read_text())
+            return json.loads(self._read(STATUS_FILE))
         except (FileNotFoundError, ValueError):
             return None
 
@@ -213,6 +235,10 @@ class RunRecord:
         return state
 
     def _locked(self):
+        if self.remote:  # one writer per bucket run directory (see the module doc)
+            import contextlib
+
+            return contextlib.nullcontext()
         return _DirLock(self.run_dir)
 
 
@@ -243,10 +269,17 @@ def _yaml_text(data: Any) -> str:
     return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def _append_line(path: Path, entry: Dict[str, Any]) -> None:
+def _append_line(path: Any, entry: Dict[str, Any]) -> None:
     """One JSON line, appended with a single write so concurrent readers never see half a line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(redact(entry), default=str) + "\n").encode()
+    if storage.is_remote(path):  # objects cannot be appended to: rewrite it whole (its one writer, see above)
+        try:
+            old = storage.read_bytes(path)
+        except FileNotFoundError:
+            old = b""
+        publish.publish_file(path, old + data)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, publish.FILE_MODE)
     try:
         os.write(fd, data)

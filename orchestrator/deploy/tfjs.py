@@ -23,10 +23,11 @@ import logging
 import os
 import shlex
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from orchestrator.artifacts import publish
+from orchestrator.artifacts import publish, storage
 from orchestrator.config.schema import TfjsQuantize
 from orchestrator.deploy.base import DeployTarget
 from orchestrator.errors import ConfigError, TaskFailedError
@@ -90,11 +91,16 @@ class TfjsTarget(DeployTarget):
 
     def deploy(self, cfg: ExperimentConfig, version_dir: Path, run_dir: Path) -> Dict[str, Any]:
         d = cfg.deploy.tfjs
-        version_dir = Path(version_dir)
-        out_parent = Path(d.output_base) / str(cfg.export.model_name)
-        target = out_parent / version_dir.name
-        tmp = publish.staging_directory(out_parent, hint=version_dir.name)
-        command = converter_command(d.converter) + conversion_args(d, version_dir.resolve(), tmp)
+        version_name = storage.split(version_dir)[1]
+        out_parent = storage.join(d.output_base, str(cfg.export.model_name))
+        target = storage.join(out_parent, version_name)
+        tmp = publish.staging_directory(out_parent, hint=version_name)
+        local_version = None
+        if storage.is_remote(version_dir):  # the converter reads a local SavedModel
+            local_version = Path(tempfile.mkdtemp(prefix=f".tmp-saved-model-{version_name}-"))
+            storage.download_dir(version_dir, local_version)
+        source = local_version or Path(version_dir).resolve()
+        command = converter_command(d.converter) + conversion_args(d, source, tmp)
         log.info("tfjs: %s", shlex.join(command))
         try:
             try:
@@ -109,13 +115,21 @@ class TfjsTarget(DeployTarget):
             if not (tmp / "model.json").is_file():
                 raise TaskFailedError(f"tensorflowjs_converter wrote no model.json for {version_dir}; see {Path(run_dir) / 'tfjs_converter.log'}.")
             try:
-                publish.publish_staged(tmp, out_parent, name=target.name)
+                publish.publish_staged(tmp, out_parent, name=version_name)
             except OSError as exc:
                 raise TaskFailedError(f"Could not publish {target}: {exc}. Is an older TF.js model with this number "
                                       f"in {out_parent}? Move it away or choose another deploy.tfjs.output_base.") from exc
         except BaseException:
             publish.discard(tmp)
             raise
-        files = sorted(p.name for p in target.iterdir())
-        return {"target": "tfjs", "path": str(target), "files": files,
-                "bytes": sum((target / f).stat().st_size for f in files), "command": command}
+        finally:
+            if local_version is not None:
+                publish.discard(local_version)
+        if storage.is_remote(target):
+            files = sorted(storage.listdir(target))
+            fs, root = storage.filesystem(target)
+            size = sum(int(fs.info(f"{root}/{f}").get("size", 0)) for f in files)
+        else:
+            files = sorted(p.name for p in Path(target).iterdir())
+            size = sum((Path(target) / f).stat().st_size for f in files)
+        return {"target": "tfjs", "path": str(target), "files": files, "bytes": size, "command": command}

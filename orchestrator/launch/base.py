@@ -18,6 +18,8 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: Starts every task of a TF_CONFIG cluster itself; validation tells the cluster strategies whether the
+    #: chosen backend does (``StrategyContext.backend_launches_cluster``).
     launches_clusters: ClassVar[bool] = False
 
     @abstractmethod

@@ -238,7 +238,7 @@ class StudySweeper(Sweeper):
         base = self._base_overrides(arguments)
         self._validate(spec, base)
 
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir, study_uri = self._local_sweep_dir()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = Study(spec, store=self.store or sweep_dir)
@@ -263,10 +263,13 @@ class StudySweeper(Sweeper):
                     print(progress_line(study), flush=True)
                 # Cheap tables after every batch, so a killed study still leaves up-to-date results.
                 write_results(study, sweep_dir, plots=False, tensorboard=False)
+                self._upload(sweep_dir, study_uri)
         except BaseException:
             write_results(study, sweep_dir, plots=False, tensorboard=False)
+            self._upload(sweep_dir, study_uri)
             raise
         paths = write_results(study, sweep_dir, plots=self.plots)
+        self._upload(sweep_dir, study_uri)
         best = study.best_trial
         if best is not None:
             print(f"[study] best trial {best.id}: {spec.metric.tag}={best.objective:.6g}  "
@@ -274,6 +277,37 @@ class StudySweeper(Sweeper):
         print(f"[study] results: {', '.join(str(p) for p in paths.values())}", flush=True)
         study.close()
         return returns
+
+    # -- a study kept in a bucket ------------------------------------------------------------------------
+    def _local_sweep_dir(self) -> Tuple[Path, Optional[str]]:
+        """The local study directory, and the bucket URI it mirrors when ``hydra.sweep.dir`` is one.
+
+        The study store, the trials' run directories and Hydra's job outputs need a local directory (trial
+        processes write there, and a study is resumed from its store); a bucket study directory is
+        downloaded into a temporary one first (resuming a study kept there) and uploaded after every batch.
+        """
+        from orchestrator.artifacts import storage
+
+        target = str(self.config.hydra.sweep.dir)
+        if not storage.is_remote(target):
+            return Path(target), None
+        import tempfile
+
+        from omegaconf import open_dict, read_write
+
+        storage.check_access(target, "hydra.sweep.dir")
+        local = Path(tempfile.mkdtemp(prefix="tfscale-study-"))
+        storage.download_dir(target, local)
+        with read_write(self.config.hydra), open_dict(self.config.hydra):
+            self.config.hydra.sweep.dir = str(local)  # the launcher places the trials' job directories here
+        return local, target
+
+    @staticmethod
+    def _upload(sweep_dir: Path, study_uri: Optional[str]) -> None:
+        if study_uri is not None:
+            from orchestrator.artifacts import publish
+
+            publish.publish_tree(sweep_dir, study_uri)
 
     # -- before any trial ---------------------------------------------------------------------------
     def _base_overrides(self, arguments: List[str]) -> List[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 
 import pytest
 
@@ -20,6 +20,9 @@ from orchestrator.config.testing import Invalid, assert_accepted, assert_rejecte
 from orchestrator.config.validation import validate
 from orchestrator.launch.base import Backend
 from orchestrator.runtime.testing import child_pids, left_behind
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import ExperimentConfig
 
 __all__ = ["BasicBackendTestCase", "Invalid", "TINY", "prepare_run_dir"]
 
@@ -100,7 +103,7 @@ class BasicBackendTestCase:
         assert not left, f"processes left behind by backend={self.name}: {left}"
 
 
-def prepare_run_dir(cfg: Any, run_dir: Path) -> Path:
+def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """A run directory as ``tfscale`` leaves it before a backend runs: holding the resolved config."""
     from orchestrator.artifacts.run_record import RunRecord
 

@@ -4,11 +4,17 @@ A swap never leaves a model without a version: new versions are loaded and warme
 switched in one step, then versions that left the policy stop taking requests and are unloaded once their
 in-flight requests (a reference count) have finished. Removing a version directory is the same operation
 in reverse, so the previous version is loaded again before the removed one goes away.
+
+A version in a bucket (``gs://``, ``s3://``) is downloaded to a local cache directory of this server first
+(TensorFlow's own filesystem may not reach the bucket or its emulator, and a load should not read over the
+network); the copy is removed when the version is unloaded.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from orchestrator.artifacts import storage
 from orchestrator.serving.batching import Batcher
 from orchestrator.serving.repository import ModelEntry, version_dirs
 from orchestrator.serving.status import not_found
@@ -228,6 +235,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._unloaders: List[threading.Thread] = []
+        self._cache_dir: Optional[Path] = None  # local copies of versions loaded from a bucket
 
     # --------------------------------------------------------------------------------- routing
     def model_names(self) -> List[str]:
@@ -373,12 +381,37 @@ class ModelManager:
                 with self._lock:
                     m.states.pop(v, None)
 
+    def _download(self, name: str, v: int, uri: str) -> Path:
+        """A local copy of the bucket version ``uri`` in this server's cache (complete before it gets its name)."""
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="tfscale-serving-cache-"))
+        target = self._cache_dir / name / f"{v:04d}"
+        if target.is_dir():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{v:04d}-", dir=self._cache_dir))
+        try:
+            storage.download_dir(uri, tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
     def _load(self, m: _Model, v: int, path: Path, mtime: float) -> None:
         name = m.entry.name
         with self._lock:
             m.states[v] = VersionState("LOADING")
         log.info("model %s: loading version %d from %s", name, v, path)
         t0 = time.monotonic()
+        if storage.is_remote(path):
+            try:
+                path = self._download(name, v, str(path))
+            except Exception as e:  # the bucket may be unreachable for a moment: try again on the next poll
+                with self._lock:
+                    m.states.pop(v, None)
+                log.error("model %s: version %d could not be downloaded from %s: %s", name, v, path, e)
+                return
         try:
             lv = LoadedVersion(name, v, path, self._batching)
             if self._warmup:
@@ -404,6 +437,7 @@ class ModelManager:
             else:
                 log.info("model %s: version %d has no requests in flight; unloading", lv.model, lv.version)
             lv.unload()
+            self._drop_copy(lv)
             with self._lock:
                 if m.states.get(lv.version) and m.states[lv.version].state == "UNLOADING":
                     m.states[lv.version] = VersionState("END")
@@ -443,9 +477,18 @@ class ModelManager:
             m.routed = {}
         for t in self._unloaders:
             t.join(timeout=5)
+        if self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+    def _drop_copy(self, lv: LoadedVersion) -> None:
+        """Remove the cached local copy of a bucket version once it is unloaded."""
+        if self._cache_dir is not None and self._cache_dir in lv.path.parents:
+            shutil.rmtree(lv.path, ignore_errors=True)
 
 
 def _mtime(path: Path) -> float:
+    if storage.is_remote(path):
+        return 0.0  # bucket versions are never republished under the same number
     try:
         return os.stat(path).st_mtime
     except OSError:

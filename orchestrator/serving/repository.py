@@ -2,6 +2,10 @@
 
 Only directories whose name is a number are versions; hidden siblings (a version being published, or one
 moved aside by ``tfscale rollback --remove``) are ignored, so a half-written version is never loaded.
+
+``model_base`` may be a bucket URI (``gs://b/models``): there a numeric directory is a version once its
+``saved_model.pb`` is there (the publisher uploads it last, see :mod:`orchestrator.artifacts.publish`), and a
+version's location is its URI; the manager downloads it to a local cache before loading it.
 """
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+from orchestrator.artifacts import storage
+from orchestrator.artifacts.publish import visible_versions
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,10 @@ class ModelEntry:
     platform: str = "tensorflow"
 
 
-def version_dirs(base_path: str | os.PathLike) -> Dict[int, Path]:
-    """Published versions of one model: ``{version: directory}`` for numeric subdirectories only."""
+def version_dirs(base_path: str | os.PathLike) -> Dict[int, Path | str]:
+    """Published versions of one model: ``{version: directory}`` for numeric subdirectories only (URIs on a bucket)."""
+    if storage.is_remote(base_path):
+        return dict(visible_versions(base_path))
     base = Path(base_path)
     found: Dict[int, Path] = {}
     try:
@@ -57,6 +66,10 @@ def version_dirs(base_path: str | os.PathLike) -> Dict[int, Path]:
 
 def discover_models(model_base: str | os.PathLike, policy: VersionPolicy, labels: Optional[Dict[str, int]] = None) -> List[ModelEntry]:
     """Every model directory under ``model_base`` that holds at least one version."""
+    if storage.is_remote(model_base):
+        return [ModelEntry(name, storage.join(model_base, name), policy, dict(labels or {}))
+                for name in storage.listdir(model_base)
+                if not name.startswith(".") and version_dirs(storage.join(model_base, name))]
     base = Path(model_base).resolve()
     entries = []
     if base.is_dir():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from orchestrator.errors import ConfigError
+from orchestrator.artifacts import storage
 from orchestrator.artifacts.publish import write_text
 from orchestrator.serving.config_files import MODELS_CONFIG, read_models_config
 from orchestrator.serving.manager import ModelManager
@@ -29,6 +30,8 @@ def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Option
     A models.config is re-read on every poll when its modification time changes, so editing it (or
     ``tfscale rollback``) takes effect without a restart.
     """
+    if storage.is_remote(s.model_base) and not s.model_config_file:
+        return _bucket_source(s), None
     base = Path(s.model_base)
     config_file = Path(s.model_config_file) if s.model_config_file else None
     if config_file is None and not s.model_name and (base / MODELS_CONFIG).exists():
@@ -70,6 +73,23 @@ def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Option
         raise ConfigError("serving.model_base", s.model_base, f"No models.config and no model with a version under {base.resolve()}; "
                           "export a model first or set serving.model_config_file.")
     return entries, None
+
+
+def _bucket_source(s: Any) -> List[ModelEntry]:
+    """The models under a bucket ``model_base`` (a models.config there is not read: name the model or serve all)."""
+    storage.check_access(s.model_base, "serving.model_base")  # one line and exit 2, not a poller's retry storm
+    policy = policy_of(s.version_policy)
+    labels = {str(k): int(v) for k, v in dict(s.version_labels).items()}
+    if s.model_name:
+        uri = storage.join(s.model_base, s.model_name)
+        if not version_dirs(uri):
+            log.warning("%s has no version with a saved_model.pb yet; waiting for one to be published", uri)
+        return [ModelEntry(s.model_name, uri, policy, labels)]
+    entries = discover_models(s.model_base, policy, labels)
+    if not entries:
+        raise ConfigError("serving.model_base", s.model_base, "No model with a complete version (a numeric directory "
+                          "with saved_model.pb) in the bucket; export a model there first or set serving.model_name.")
+    return entries
 
 
 class EmbeddedServer:

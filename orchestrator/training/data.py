@@ -158,7 +158,7 @@ def load_splits(d: DataConfig) -> Splits:
     return split_arrays(x, y, d, test=test)
 
 
-def split_arrays(x: np.ndarray, y: np.ndarray, d: Any, *, test: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Splits:
+def split_arrays(x: np.ndarray, y: np.ndarray, d: DataConfig, *, test: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Splits:
     """Split raw arrays three ways as ``data`` says (``limit``, ``validation_split``, ``test_split``, ``shuffle_seed``).
 
     ``test``: the dataset's own test split, when it has one. ``tfscale data convert`` splits with this too,

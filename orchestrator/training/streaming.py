@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from orchestrator.config.schema import DataConfig, ShardPolicy
+from orchestrator.config.schema import DataConfig, ExperimentConfig, ShardPolicy
 from orchestrator.config.streams import SPLITS, Feature, StreamSpec, choose_policy, resolve, shard_files
 from orchestrator.errors import ConfigError, TaskFailedError
 
@@ -409,7 +409,7 @@ class StreamingSource:
 
 
 # ------------------------------------------------------------------------------------------ the task's view
-def load_source(tf: Any, cfg: Any, *, run_dir: Optional[Path] = None, splits: Any = None) -> Any:
+def load_source(tf: Any, cfg: ExperimentConfig, *, run_dir: Optional[Path] = None, splits: Any = None) -> Any:
     """The run's data: a :class:`StreamingSource` for ``data=tfrecord`` / ``csv_shards``, else in-memory splits.
 
     Record counts are cached in ``record_counts.json`` beside the run directory, shared by the runs of an

@@ -6,8 +6,7 @@ overrides would be and handed to ``check`` directly.
 from __future__ import annotations
 
 import functools
-
-import pytest
+import os
 
 from orchestrator.config.compose import compose
 from orchestrator.config.validation import strategy_context, validate
@@ -131,8 +130,6 @@ class TestParameterServer(BasicStrategyTestCase):
 
 
 def _tpu_here() -> bool:
-    import os
-
     return bool(os.environ.get("TPU_NAME")) or any(os.path.exists(f"/dev/accel{i}") for i in range(4))
 
 
@@ -161,5 +158,3 @@ def test_every_registered_strategy_runs_the_suite():
               if isinstance(cls, type) and issubclass(cls, BasicStrategyTestCase) and cls.name}
     assert suites == set(strategies.STRATEGIES)
 
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

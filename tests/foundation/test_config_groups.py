@@ -16,6 +16,8 @@ NEEDS_MORE = {
     ("topology", "gpu_split2"), ("topology", "gpu_growth"),
     ("strategy", "mirrored"), ("strategy", "multi_worker_mirrored"), ("strategy", "parameter_server"),
     ("data", "files"),
+    ("data", "tfrecord"), ("data", "csv_shards"),  # stream shards: need data.train/validation or data.spec
+    ("study", "digits_shards"),  # needs the shards `tfscale data convert --digits` writes
     ("backend", "vertex"), ("deploy", "vertex"),  # need a Google Cloud project, region and bucket
     ("backend", "processes"), ("backend", "ray"),  # launch clusters: need a cluster option too
 }

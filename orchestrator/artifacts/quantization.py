@@ -315,7 +315,7 @@ def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = Non
         (keep_dir / f"{mode}.tflite").write_bytes(content)
     reference = _float_predictor(saved_model_dir, output_name)
     base, quant = _TfliteRunner(baseline_bytes, output_name), _TfliteRunner(content, output_name)
-    n = float_right = base_right = quant_right = agree = 0
+    n = float_right = quant_right = agree = 0
     timing_rows: List[np.ndarray] = []
     for x, y in (batches if batches is not None else [(x_test, y_test)]):
         if not len(y):

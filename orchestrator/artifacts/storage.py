@@ -119,6 +119,10 @@ def emulator() -> str:
 
 def _import(module: str, uri: str) -> Any:
     import importlib
+    import logging
+
+    # gcsfs announces its experimental features at INFO on import: not a line for a run's output.
+    logging.getLogger("gcsfs").setLevel(max(logging.getLogger("gcsfs").getEffectiveLevel(), logging.WARNING))
 
     try:
         return importlib.import_module(module)
@@ -370,8 +374,7 @@ def _check_gcs(uri: str, key: str) -> None:
     except gexc.GoogleAPICallError as exc:
         raise ConfigError(key, uri, f"{where} answered {exc.code} for bucket {name}; check the endpoint.") from None
     except Exception as exc:  # requests' ConnectionError/Timeout, google.auth's RefreshError, ...
-        problem = _first_line(exc)
-        raise ConfigError(key, uri, f"Cannot reach {where}: {problem}. "
+        raise ConfigError(key, uri, f"Cannot reach {where}: {_connection_problem(exc)}. "
                           + (f"Start the emulator or fix {EMULATOR_ENV}." if endpoint else
                              "Check the network, or the credentials if they could not be refreshed.")) from None
 
@@ -400,7 +403,18 @@ def _check_s3(uri: str, key: str) -> None:
             raise ConfigError(key, uri, f"Access to bucket {name} denied; use credentials allowed to write to it.") from None
         raise ConfigError(key, uri, f"{where} answered {code} for bucket {name}.") from None
     except (bexc.EndpointConnectionError, bexc.ConnectTimeoutError, bexc.ReadTimeoutError) as exc:
-        raise ConfigError(key, uri, f"Cannot reach {where}: {_first_line(exc)}. Check AWS_ENDPOINT_URL and the network.") from None
+        raise ConfigError(key, uri, f"Cannot reach {where}: {_connection_problem(exc)}. Check AWS_ENDPOINT_URL and the network.") from None
+
+
+def _connection_problem(exc: BaseException) -> str:
+    """A few words for why a connection failed (the libraries' messages run to several hundred characters)."""
+    text = str(exc)
+    for needle, words in (("refused", "connection refused"), ("timed out", f"no answer within {CHECK_TIMEOUT_S:g}s"),
+                          ("Timeout", f"no answer within {CHECK_TIMEOUT_S:g}s"), ("resolve", "the host name does not resolve"),
+                          ("Name or service not known", "the host name does not resolve")):
+        if needle in text:
+            return words
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

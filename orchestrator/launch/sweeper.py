@@ -240,6 +240,8 @@ class StudySweeper(Sweeper):
 
         sweep_dir, study_uri = self._local_sweep_dir()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if study_uri is not None:  # each trial's job config is composed anew: point its job directory here too
+            base = [*base, f"hydra.sweep.dir={sweep_dir}"]
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = Study(spec, store=self.store or sweep_dir)
         if study.resumed:
@@ -247,7 +249,7 @@ class StudySweeper(Sweeper):
         else:
             print(f"[study] '{name}': {spec.max_trials} trials, {spec.max_parallel_trials} in parallel, "
                   f"{spec.algorithm.resolved().name}, objective {spec.metric.goal.name} {spec.metric.tag}; "
-                  f"results in {sweep_dir}", flush=True)
+                  f"results in {study_uri or sweep_dir}", flush=True)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self._task_function, config=self.config)
         returns: List[Sequence[JobReturn]] = []

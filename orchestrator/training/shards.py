@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -217,12 +217,3 @@ def write_synthetic(output: Path, *, records: int, shards: int, eval_records: in
         (tmp / SPEC_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
     return publish_directory(output.parent, write, name=output.name)
-
-
-def iter_records(paths: Iterable[str]) -> Iterable[bytes]:
-    """Raw records of TFRecord files, for checks and tests."""
-    from orchestrator.runtime.tf_env import import_tensorflow
-
-    tf = import_tensorflow()
-    for raw in tf.data.TFRecordDataset(list(paths)).as_numpy_iterator():
-        yield raw

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from orchestrator.config.schema import DataConfig, ExperimentConfig, ShardPolicy
-from orchestrator.config.streams import SPLITS, Feature, StreamSpec, choose_policy, resolve, shard_files
+from orchestrator.config.streams import Feature, StreamSpec, choose_policy, resolve, shard_files
 from orchestrator.errors import ConfigError, TaskFailedError
 
 log = logging.getLogger(__name__)

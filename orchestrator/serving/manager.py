@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from orchestrator.artifacts import storage
+from orchestrator.artifacts import publish, storage
 from orchestrator.serving.batching import Batcher
 from orchestrator.serving.repository import ModelEntry, version_dirs
 from orchestrator.serving.status import not_found
@@ -388,15 +388,7 @@ class ModelManager:
         target = self._cache_dir / name / f"{v:04d}"
         if target.is_dir():
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{v:04d}-", dir=self._cache_dir))
-        try:
-            storage.download_dir(uri, tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(publish.publish_directory(target.parent, lambda tmp: storage.download_dir(uri, tmp), name=target.name))
 
     def _load(self, m: _Model, v: int, path: Path, mtime: float) -> None:
         name = m.entry.name

@@ -15,13 +15,12 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -67,6 +66,9 @@ class BasicStrategyTestCase:
     #: The name the strategy is registered under (``strategy.name``).
     name: str = ""
     build_timeout_s: float = 180.0
+    #: Starts one task process: ``start(argv, env=..., stdout=..., stderr=...)`` returning a handle with ``poll()``
+    #: and ``stop(timeout, sig=...)``. The application supplies its process supervisor (a staticmethod).
+    start_process: Optional[Callable[..., Any]] = None
 
     # ------------------------------------------------------------------------------------- hooks
     def valid_contexts(self) -> List[StrategyContext]:
@@ -150,11 +152,19 @@ class BasicStrategyTestCase:
             if batch is not None:
                 assert batch % replicas == 0, f"trainer.batch_size={batch} is accepted but not divisible by {replicas} replicas"
 
+    def _starter(self) -> Callable[..., Any]:
+        starter = type(self).start_process
+        if starter is None:
+            raise AssertionError("set start_process to the application's process starter, "
+                                 "e.g. staticmethod(orchestrator.runtime.supervisor.start)")
+        return starter
+
     @pytest.mark.slow
     def test_build_in_fresh_processes_gives_the_replicas_and_fits(self):
         ctx = self.valid_contexts()[0]
         strategy = self.strategy()
-        reports = build_in_fresh_processes(strategy, ctx, self.build_cluster(ctx), timeout=self.build_timeout_s)
+        reports = build_in_fresh_processes(strategy, ctx, self.build_cluster(ctx), start=self._starter(),
+                                           timeout=self.build_timeout_s)
         missing = self.missing_hardware()
         for report in reports:
             if report.serving:
@@ -175,25 +185,6 @@ class BasicStrategyTestCase:
 
 
 # ------------------------------------------------------------------------------------ fresh builds
-def _tied_to_this_process():
-    """A ``preexec_fn`` that has the kernel SIGKILL the task if the test process dies (Linux), so no server
-    task outlives an interrupted test; None where ``prctl`` is not available."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: a forked child must not load libraries
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def tie() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the test process died before prctl took effect
-            os._exit(1)
-
-    return tie
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,19 +192,23 @@ def _free_port() -> int:
 
 
 def build_in_fresh_processes(strategy: Strategy, ctx: StrategyContext, cluster: Dict[str, int], *,
-                             timeout: float = 180.0) -> List[BuildReport]:
+                             start: Callable[..., Any], timeout: float = 180.0) -> List[BuildReport]:
     """Build ``strategy`` for ``ctx`` the way a task does, in fresh processes; one report per task.
 
     ``cluster`` gives the tasks per role of a TF_CONFIG cluster on 127.0.0.1 ({} = one process without
     TF_CONFIG). Every task applies ``ctx.devices.logical_cpus`` logical CPUs before TensorFlow initialises,
     then builds; a training task fits a tiny model for one epoch, a task of ``strategy.server_roles`` serves
     until the training tasks are done. All processes are gone when this returns.
+
+    ``start(argv, env=..., stdout=..., stderr=...)`` starts one task and returns a handle with ``poll()`` and
+    ``stop(timeout)`` — the application's process supervisor (``orchestrator.runtime.supervisor.start``): the
+    strategies library starts no process of its own.
     """
     server_roles = strategy.server_roles
     addresses = {role: [f"127.0.0.1:{_free_port()}" for _ in range(cluster[role])]
                  for role in TRAINING_ROLES if cluster.get(role)}
     tasks = [(role, i) for role in ("ps", "chief", "worker") for i in range(cluster.get(role, 0))] or [(None, 0)]
-    procs: List[Tuple[str, bool, subprocess.Popen, Path, Path]] = []
+    procs: List[Tuple[str, bool, Any, Path, Path]] = []
     with tempfile.TemporaryDirectory(prefix="tfscale-strategy-build-") as tmp:
         try:
             for role, index in tasks:
@@ -228,9 +223,8 @@ def build_in_fresh_processes(strategy: Strategy, ctx: StrategyContext, cluster: 
                 if role:
                     env["TF_CONFIG"] = tf_config_json(addresses, role, index)
                 with open(log, "wb") as log_file:
-                    proc = subprocess.Popen([sys.executable, "-m", "strategies.testing", str(payload)], env=env,
-                                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_tied_to_this_process())
+                    proc = start([sys.executable, "-m", "strategies.testing", str(payload)], env=env, stdout=log_file,
+                                 stderr=log_file)
                 procs.append((task, serve, proc, out, log))
             deadline = time.monotonic() + timeout
             builders = [p for p in procs if not p[1]]
@@ -240,11 +234,7 @@ def build_in_fresh_processes(strategy: Strategy, ctx: StrategyContext, cluster: 
                 time.sleep(0.1)
         finally:
             for _, _, proc, _, _ in procs:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
+                proc.stop(0.0, sig=signal.SIGKILL)
         return [BuildReport(task, serve, proc.returncode, json.loads(out.read_text()) if out.exists() else {},
                             log.read_text(errors="replace")) for task, serve, proc, out, log in procs]
 

@@ -52,6 +52,10 @@ class TfServingTarget(DeployTarget):
         check_tf_serving_deploy(d)
         if not cfg.export.enabled:
             raise ConfigError("export.enabled", False, "deploy=tf_serving serves the exported SavedModel; use export=saved_model.")
+        if "://" in str(cfg.export.model_base) and not str(cfg.export.model_base).startswith("file://"):
+            raise ConfigError("export.model_base", cfg.export.model_base, "deploy=tf_serving writes models.config into a "
+                              "local repository and smoke-tests it; with a bucket use deploy=none and serve it with "
+                              "`tfscale serve serving.model_base=<the bucket URI>`.")
         if d.launch == "binary" and shutil.which(d.binary) is None:
             raise ConfigError("deploy.tf_serving.launch", "binary", f"{d.binary!r} is not on PATH; install TF Serving, "
                               "set deploy.tf_serving.binary to its path, or use launch=auto / embedded.")

@@ -10,6 +10,7 @@ import os
 
 from orchestrator.config.compose import compose
 from orchestrator.config.validation import strategy_context, validate
+from orchestrator.runtime import supervisor
 from strategies.testing import BasicStrategyTestCase, Invalid
 
 MWMS = ["strategy=multi_worker_mirrored", "cluster=workers_2", "backend=processes"]
@@ -33,7 +34,13 @@ def invalid(overrides, key, value) -> Invalid:
     return Invalid(_context(tuple(overrides), False), key, value)
 
 
-class TestDefault(BasicStrategyTestCase):
+class _Suite(BasicStrategyTestCase):
+    """Every strategy's tasks start through tfscale's own process supervisor."""
+
+    start_process = staticmethod(supervisor.start)
+
+
+class TestDefault(_Suite):
     name = "default"
 
     def valid_contexts(self):
@@ -43,7 +50,7 @@ class TestDefault(BasicStrategyTestCase):
         return 1
 
 
-class TestOneDevice(BasicStrategyTestCase):
+class TestOneDevice(_Suite):
     name = "one_device"
 
     def valid_contexts(self):
@@ -58,7 +65,7 @@ class TestOneDevice(BasicStrategyTestCase):
         return 1
 
 
-class TestMirrored(BasicStrategyTestCase):
+class TestMirrored(_Suite):
     name = "mirrored"
 
     def valid_contexts(self):
@@ -76,7 +83,7 @@ class TestMirrored(BasicStrategyTestCase):
         return len(ctx.cfg.strategy.devices or []) or ctx.devices.logical_cpus
 
 
-class TestCentralStorage(BasicStrategyTestCase):
+class TestCentralStorage(_Suite):
     name = "central_storage"
 
     def valid_contexts(self):
@@ -93,7 +100,7 @@ class TestCentralStorage(BasicStrategyTestCase):
         return ctx.devices.logical_cpus
 
 
-class TestMultiWorkerMirrored(BasicStrategyTestCase):
+class TestMultiWorkerMirrored(_Suite):
     name = "multi_worker_mirrored"
 
     def valid_contexts(self):
@@ -110,7 +117,7 @@ class TestMultiWorkerMirrored(BasicStrategyTestCase):
         return ctx.cluster_workers
 
 
-class TestParameterServer(BasicStrategyTestCase):
+class TestParameterServer(_Suite):
     name = "parameter_server"
 
     def valid_contexts(self):
@@ -133,7 +140,7 @@ def _tpu_here() -> bool:
     return bool(os.environ.get("TPU_NAME")) or any(os.path.exists(f"/dev/accel{i}") for i in range(4))
 
 
-class TestTPU(BasicStrategyTestCase):
+class TestTPU(_Suite):
     name = "tpu"
 
     def valid_contexts(self):

@@ -66,7 +66,7 @@ def test_run_into_a_bucket_then_serve_it_and_pick_up_a_new_version(gcs, tmp_path
             failed += r.status_code != 200
             status = session.get(url, timeout=10).json()["model_version_status"]
             versions = {s["version"] for s in status if s["state"] == "AVAILABLE"}
-            if "2" in versions and publisher.poll() is not None:
+            if versions == {"2"} and publisher.poll() is not None:  # 0002 routed, 0001 retired
                 break
         assert publisher.wait(timeout=30) == 0 and publisher.stdout.read().strip() == f"{gcs}/models/{MODEL}/0002"
         assert versions == {"2"}, (tmp_path / "server.log").read_text()

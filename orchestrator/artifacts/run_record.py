@@ -183,6 +183,10 @@ class RunRecord:
         """Another JSON file of the record (``vertex.json``...), redacted."""
         return publish.write_json(self.path(name), redact(obj))
 
+    def write_yaml(self, name: str, data: Any) -> Path:
+        """Another YAML file of the record (a study's ``multirun.yaml``...), redacted."""
+        return publish.write_text(self.path(name), _yaml_text(redact(data)))
+
     def write_text(self, name: str, text: str) -> Path:
         """Another text file of the record (e.g. the gcloud YAML), redacted as text."""
         return publish.write_text(self.path(name), redact(text))

@@ -163,6 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     supervisor.install_signal_handlers()  # a stopped job unwinds (its run record says so, its children stop)
     with open(args.job_file, "rb") as f:
         job = pickle.load(f)
+    args.job_file.unlink(missing_ok=True)  # it holds the whole config, secrets included: gone once read
     ret = execute(job)
     import cloudpickle
 

@@ -242,7 +242,9 @@ class StudySweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if study_uri is not None:  # each trial's job config is composed anew: point its job directory here too
             base = [*base, f"hydra.sweep.dir={sweep_dir}"]
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        from orchestrator.artifacts.run_record import RunRecord
+
+        RunRecord(sweep_dir).write_yaml("multirun.yaml", OmegaConf.to_container(self.config, resolve=False, enum_to_str=True))
         study = Study(spec, store=self.store or sweep_dir)
         if study.resumed:
             print(f"[study] resuming '{name}' in {sweep_dir}: {progress_line(study)}", flush=True)

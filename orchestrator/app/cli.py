@@ -59,9 +59,26 @@ def split_args(argv: Sequence[str]) -> Tuple[List[str], dict]:
     return overrides, flags
 
 
+def _compose_sweep_base(overrides: Sequence[str], flags: dict) -> None:
+    """Compose a sweep's overrides without its sweep values, so that a bad option, key or value is one line
+    naming it, as for a single run; Hydra would otherwise print its own composition exception. The sweeper
+    then validates each trial's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # Hydra's parser reports its own syntax errors
+        return
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
+    compose(fixed, flags.get("-cd") or flags.get("--config-dir"), flags.get("-cn") or flags.get("--config-name") or "config")
+
+
 def preflight(argv: Sequence[str]) -> None:
     """Compose and validate a single run's config before Hydra starts it."""
     overrides, flags = split_args(argv)
+    if ("-m" in flags or "--multirun" in flags) and not any(f in flags for f in _NO_PREFLIGHT - {"-m", "--multirun"}):
+        _compose_sweep_base(overrides, flags)
+        return
     if any(f in flags for f in _NO_PREFLIGHT):
         return
     cfg = compose(overrides, flags.get("-cd") or flags.get("--config-dir"),

@@ -73,8 +73,10 @@ def test_missing_converter_says_how_to_install_it(tmp_path):
     ("export=none", "export.enabled"),
 ])
 def test_bad_settings(tmp_path, override, key):
-    cfg = compose(["deploy=tfjs", f"deploy.tfjs.converter={_fake(tmp_path)}", override])
+    # A value outside the schema's choices fails at composition, the others in the target's check: either way
+    # one ConfigError naming the key, before anything runs.
     with pytest.raises(ConfigError) as err:
+        cfg = compose(["deploy=tfjs", f"deploy.tfjs.converter={_fake(tmp_path)}", override])
         TfjsTarget().check(cfg)
     assert err.value.key == key
 

@@ -83,10 +83,11 @@ def test_saved_model_cli_agrees_with_inspect(tfscale):
 
 
 def test_sweep_jobs_with_different_topologies_get_their_own_devices(tfscale):
-    """The second job of a ``-m`` sweep runs in a fresh process, so its topology still applies."""
+    """Each job of a ``-m`` sweep trains in a task process of its own, so its topology still applies."""
     result = tfscale("-m", "topology=cpu,cpu_x2", "trainer.epochs=1", "trainer.verbose=0", "export.enabled=false")
     assert result.returncode == 0, result.output[-3000:]
     jobs = sorted(tfscale.cwd.glob("runs/*/multirun_*/*/metrics.json"))
     devices = [json.loads(p.read_text())["logical_devices"] for p in jobs]
     assert devices == [["/device:CPU:0"], ["/device:CPU:0", "/device:CPU:1"]]
-    assert (jobs[1].parent / "task.log").exists()  # the fresh task process's output
+    pids = {json.loads((p.parent / "provenance.json").read_text())["pid"] for p in jobs}
+    assert len(pids) == 2  # two task processes, one per job

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from orchestrator.artifacts.redact import redact_message
 from orchestrator.config.compose import CONF_DIR, compose, translate_compose_error
@@ -146,7 +146,7 @@ def hydra_task(cfg: ExperimentConfig, *, validated: bool = False, run_uri: Optio
             from orchestrator.launch import warm_task
 
             warm_task.release()  # this backend starts its own task processes
-        metrics = backends.get(cfg.backend.name).run(cfg, run_dir)
+        metrics = backends.get(cfg.backend.name).run(cfg, run_dir, run_uri=run_uri)
         upload(strict=True)
     except TfscaleError as exc:
         upload(strict=False)
@@ -252,38 +252,42 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     supervisor.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: every child is stopped on the way out
     if argv and argv[0] in SUBCOMMANDS:
-        try:
-            sys.exit(_dispatch(argv[0], argv[1:]))
-        except TfscaleError as exc:
-            print(f"tfscale {argv[0]}: error: {redact_message(exc)}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            print(f"tfscale {argv[0]}: {supervisor.interruption(exc)}", file=sys.stderr)
-            sys.exit(supervisor.exit_code(exc))
-    overrides, flags = split_args(argv)
+        _exit_on_error(f"tfscale {argv[0]}", lambda: sys.exit(_dispatch(argv[0], argv[1:])))
+    _exit_on_error("tfscale", lambda: _run(argv))
+
+
+def _exit_on_error(prefix: str, body: Callable[[], Any]) -> None:
+    """Run ``body``; a tfscale error is one redacted line and its exit code, an interruption 130 or 143."""
     try:
-        if not set(flags) - {"-cd", "--config-dir", "-cn", "--config-name"}:
-            from orchestrator.launch import warm_task
-
-            warm_task.start()  # imports TensorFlow in the task process while this one composes
-            run_single(overrides, flags.get("-cd") or flags.get("--config-dir"),
-                       flags.get("-cn") or flags.get("--config-name") or "config")
-            return
-        preflight(argv)
-
-        import hydra
-
-        from orchestrator.config.schema import register_configs
-
-        register_configs()
-        sys.argv = [sys.argv[0] or "tfscale", *argv]
-        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
+        body()
     except TfscaleError as exc:
-        print(f"tfscale: error: {redact_message(exc)}", file=sys.stderr)
+        print(f"{prefix}: error: {redact_message(exc)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        print(f"tfscale: {supervisor.interruption(exc)}", file=sys.stderr)
+        print(f"{prefix}: {supervisor.interruption(exc)}", file=sys.stderr)
         sys.exit(supervisor.exit_code(exc))
+
+
+def _run(argv: List[str]) -> None:
+    """A single run, or Hydra's own path for ``-m``, ``--cfg``, ``--help`` and the like."""
+    overrides, flags = split_args(argv)
+    if not set(flags) - {"-cd", "--config-dir", "-cn", "--config-name"}:
+        from orchestrator.launch import warm_task
+
+        warm_task.start()  # imports TensorFlow in the task process while this one composes
+        run_single(overrides, flags.get("-cd") or flags.get("--config-dir"),
+                   flags.get("-cn") or flags.get("--config-name") or "config")
+        return
+    preflight(argv)
+
+    import hydra
+
+    from orchestrator.config.schema import register_configs
+
+    register_configs()
+    sys.argv = [sys.argv[0] or "tfscale", *argv]
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,14 @@ The bucket is the one ``STORAGE_EMULATOR_HOST`` points at; without it the script
 Application Default Credentials.
 
     python benchmarks/storage.py [--files 8] [--kb 512] [--repeats 5] [--bucket tfscale-bench]
+
+Run wall (``--ray-vs-processes``): the same 2-worker MultiWorkerMirrored run, its record and model in the
+bucket, on a 2-node Ray cluster started here with ``ray start`` (one CPU per node, token authentication,
+attached through ``RAY_ADDRESS``) and with ``backend=processes`` on this machine, alternately; prints the
+median wall time of each run (``tfscale`` start to exit), its training time (``fit_seconds``), side by side,
+and the ratio.
+
+    python benchmarks/storage.py --ray-vs-processes [--repeats 3] [--epochs 3]
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -91,8 +99,18 @@ def main() -> None:
     parser.add_argument("--kb", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bucket", default="tfscale-bench")
+    parser.add_argument("--ray-vs-processes", action="store_true", help="compare the run wall of backend=ray on a "
+                        "2-node cluster with backend=processes (instead of publish times)")
+    parser.add_argument("--epochs", type=int, default=3, help="--ray-vs-processes: epochs of each run")
     args = parser.parse_args()
     emulator = start_emulator(args.bucket)
+    if args.ray_vs_processes:
+        try:
+            ray_vs_processes(args.bucket, args.repeats, args.epochs)
+        finally:
+            if emulator is not None:
+                emulator.stop()
+        return
     try:
         write = version_writer(args.files, args.kb)
         with tempfile.TemporaryDirectory() as local:
@@ -115,7 +133,63 @@ def main() -> None:
         if emulator is not None:
             emulator.stop()
 
-    # --- Ray cluster vs processes: wall time of the same run on each backend (added here, in this script).
+
+# ------------------------------------------------------------------------------ Ray cluster vs processes
+def timed_run(args: List[str], cwd: Path, env: dict) -> Tuple[float, dict]:
+    """Wall seconds of ``tfscale ARGS`` and the run's metrics (read back from the bucket)."""
+    import json
+    import subprocess
+
+    from orchestrator.artifacts import storage
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"tfscale {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    record = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("tfscale: run record "))
+    return wall, json.loads(storage.read_text(f"{record}/metrics.json"))
+
+
+def ray_vs_processes(bucket: str, repeats: int, epochs: int) -> None:
+    """Median run wall of the same MWMS run on a 2-node Ray cluster and on local processes (see the module doc)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from clusters.ray_nodes import start_cluster
+
+    prefix = f"gs://{bucket}/bench-{uuid.uuid4().hex[:8]}"
+    run = ["cluster=workers_2", "strategy=multi_worker_mirrored", f"trainer.epochs={epochs}", "trainer.verbose=0",
+           "backend.stream_logs=false", f"runs_dir={prefix}/runs", f"export.model_base={prefix}/models"]
+    with tempfile.TemporaryDirectory(prefix="tfscale-bench-") as tmp:
+        t0 = time.perf_counter()
+        cluster = start_cluster(Path(tmp))
+        print(f"2-node Ray cluster up in {time.perf_counter() - t0:.1f} s ({cluster.address})", flush=True)
+        try:
+            emulator = {"STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"]}
+            ray_env = cluster.driver_env(**emulator)
+            local_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+            local_env.update(TF_CPP_MIN_LOG_LEVEL="2", **emulator)
+            cwd = Path(tmp) / "driver"
+            cwd.mkdir()
+            results: dict = {"ray": [], "processes": []}
+            for i in range(repeats + 1):  # the first round warms both (Ray's runtime_env upload, page cache)
+                for name, env in (("ray", ray_env), ("processes", local_env)):
+                    wall, metrics = timed_run([f"backend={name}", *run], cwd, env)
+                    if i:
+                        results[name].append((wall, metrics["fit_seconds"]))
+                    print(f"  {'warm-up' if not i else f'round {i}'}: backend={name:<9} {wall:6.1f} s wall, "
+                          f"{metrics['fit_seconds']:6.1f} s fit", flush=True)
+        finally:
+            cluster.stop()
+    ray_wall = statistics.median(w for w, _ in results["ray"])
+    proc_wall = statistics.median(w for w, _ in results["processes"])
+    ray_fit = statistics.median(f for _, f in results["ray"])
+    proc_fit = statistics.median(f for _, f in results["processes"])
+    print(f"MWMS, 2 workers, {epochs} epochs, record and model in the bucket; median of {repeats}:")
+    print(f"  {'':24}{'wall':>9}{'fit':>9}")
+    print(f"  {'ray, 2 nodes x 1 CPU':24}{ray_wall:8.1f}s{ray_fit:8.1f}s")
+    print(f"  {'processes, this machine':24}{proc_wall:8.1f}s{proc_fit:8.1f}s")
+    print(f"  {'ratio ray/processes':24}{ray_wall / proc_wall:8.2f}x{ray_fit / proc_fit:8.2f}x")
 
 
 if __name__ == "__main__":

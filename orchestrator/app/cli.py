@@ -230,6 +230,8 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
             local_run_dir = tempfile.mkdtemp(prefix="tfscale-run-")
             with read_write(cfg.hydra), open_dict(cfg.hydra):
                 cfg.hydra.run.dir = local_run_dir
+            if not _keeps_the_record():
+                run_uri = None
         else:
             run_uri = None
         if cfg.hydra.mode is None:
@@ -245,6 +247,14 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
         GlobalHydra.instance().clear()
         if local_run_dir is not None:
             shutil.rmtree(local_run_dir, ignore_errors=True)
+
+
+def _keeps_the_record() -> bool:
+    """Whether this process writes the run record: not a non-chief replica of a job whose machines were started
+    for it (Vertex runs ``tfscale`` on every replica, with the same ``hydra.run.dir``; the chief's record is the run's)."""
+    from orchestrator.training.task import TaskIdentity
+
+    return TaskIdentity.from_env().is_chief
 
 
 def main(argv: Optional[List[str]] = None) -> None:

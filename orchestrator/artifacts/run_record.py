@@ -33,7 +33,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from orchestrator.artifacts import publish, storage
 from orchestrator.artifacts.redact import redact, redact_args, redact_message  # noqa: F401  (redact_args: public here too)
@@ -53,6 +53,8 @@ STATUS_FILE = "status.json"
 EVALUATOR_DIR = "evaluator"
 EVALUATIONS_FILE = "evaluations.jsonl"
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
+#: Set by tfscale in processes it starts on a Ray node: that node's ID, IP and host (JSON), kept in provenance.
+RAY_NODE_ENV = "TFSCALE_RAY_NODE"
 
 
 class RunState(str, enum.Enum):
@@ -104,13 +106,14 @@ class RunRecord:
     def _read(self, name: str) -> str:
         return storage.read_text(self.path(name)) if self.remote else self.path(name).read_text()
 
-    def upload(self, local_dir: Path) -> None:
+    def upload(self, local_dir: Path, *, skip: Callable[[str], bool] = lambda rel: False) -> None:
         """Copy the local run directory ``local_dir`` (what the task processes wrote) into this bucket run directory.
 
-        Hydra's copies in ``.hydra/`` are redacted first; ``status.json`` is this record's own.
+        Hydra's copies in ``.hydra/`` are redacted first; ``status.json`` is this record's own; ``skip(rel)``
+        leaves out more (a task's scratch copy of a run leaves out its backup, mirrored on its own).
         """
         RunRecord(local_dir).redact_hydra_files()
-        publish.publish_tree(Path(local_dir), self.run_dir, skip=lambda rel: rel == STATUS_FILE)
+        publish.publish_tree(Path(local_dir), self.run_dir, skip=lambda rel: rel == STATUS_FILE or skip(rel))
 
     # -------------------------------------------------------------------------------- what the run was
     def write_config(self, cfg: ExperimentConfig) -> Path:
@@ -162,6 +165,27 @@ class RunRecord:
             metrics.update(redact(facts))
             publish.write_json(path, metrics)
         return metrics
+
+    def add_provenance(self, facts: Dict[str, Any]) -> Dict[str, Any]:
+        """Merge ``facts`` (top-level keys) into ``provenance.json``; return the merged provenance.
+
+        A backend adds where each task ran (a Ray node ID and host per task) to what the chief recorded.
+        """
+        with self._locked():
+            try:
+                record = json.loads(self._read(PROVENANCE_FILE))
+            except FileNotFoundError:
+                record = {}
+            record.update(redact(facts))
+            publish.write_json(self.path(PROVENANCE_FILE), record)
+        return record
+
+    def provenance(self) -> Optional[Dict[str, Any]]:
+        """``provenance.json`` as written, or None."""
+        try:
+            return json.loads(self._read(PROVENANCE_FILE))
+        except FileNotFoundError:
+            return None
 
     def metrics(self) -> Optional[Dict[str, Any]]:
         """The metrics written so far, or None."""
@@ -324,6 +348,7 @@ def package_versions() -> Dict[str, str]:
 def provenance(cfg: ExperimentConfig, *, topology: Optional[Dict[str, Any]] = None, overrides: Optional[list] = None) -> Dict[str, Any]:
     """Where and from what a run came: commit, packages, interpreter, host, topology, TF_CONFIG, seed."""
     tf_config = os.environ.get("TF_CONFIG")
+    ray_node = os.environ.get(RAY_NODE_ENV)
     return {
         "git": git_state(),
         "packages": package_versions(),
@@ -337,4 +362,5 @@ def provenance(cfg: ExperimentConfig, *, topology: Optional[Dict[str, Any]] = No
         "seed": int(cfg.trainer.seed),
         "topology": topology,
         "tf_config": json.loads(tf_config) if tf_config else None,
+        **({"ray_node": json.loads(ray_node)} if ray_node else {}),
     }

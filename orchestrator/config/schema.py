@@ -333,6 +333,18 @@ class ExportConfig:
 
 # ------------------------------------------------------------------------------------------ backend
 @dataclass
+class RayRuntimeEnvConfig:
+    """``backend.runtime_env`` of ray on a cluster tfscale did not start: what Ray sets up on its nodes.
+
+    Nodes need neither tfscale nor a copy of the experiment: the project's packages travel with the job.
+    """
+
+    py_modules: bool = True  # ship orchestrator, strategies, tuners and conf with the job (Ray py_modules)
+    pip: List[str] = field(default_factory=list)  # requirements Ray pip-installs on each node, e.g. ["tensorflow==2.21.*"]
+    env_vars: Dict[str, str] = field(default_factory=dict)  # set in every task; never put secrets here
+
+
+@dataclass
 class BackendConfig:
     """Where the tasks of a run execute: ``local`` | ``processes`` | ``ray`` | ``vertex``."""
 
@@ -345,6 +357,7 @@ class BackendConfig:
     ray_address: Optional[str] = None  # ray: null = start a local Ray; "auto"; "host:port"; "ray://host:port"
     ray_num_cpus: Optional[int] = None  # ray, local Ray only: CPUs it offers (null = max(cores, CPUs the roles ask))
     placement_strategy: Optional[PlacementStrategy] = None  # ray: null = no placement group
+    runtime_env: RayRuntimeEnvConfig = field(default_factory=RayRuntimeEnvConfig)  # ray, existing cluster only
 
 
 # ------------------------------------------------------------------------------------------ cluster

@@ -42,6 +42,7 @@ class VertexConfig:
     poll_interval_s: float = 10.0
     max_poll_interval_s: float = 60.0
     timeout_s: Optional[float] = None  # give up following (and cancel) after this long; null = no limit
+    retry_deadline_s: float = 300.0  # how long a poll retries UNAVAILABLE / DEADLINE_EXCEEDED before giving up
     api_endpoint: Optional[str] = None  # null = <region>-aiplatform.googleapis.com
     insecure: bool = False  # plaintext gRPC to api_endpoint (local test servers only)
     tuning: bool = False  # run the study as a HyperparameterTuningJob

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Dict
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import ExperimentConfig
@@ -27,5 +27,11 @@ class Backend(ABC):
         """Raise ConfigError if this backend cannot run the config as given."""
 
     @abstractmethod
-    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
-        """Run the experiment's tasks; return the chief's metrics (what it wrote to metrics.json)."""
+    def run(self, cfg: ExperimentConfig, run_dir: Path, *, run_uri: Optional[str] = None) -> Dict[str, Any]:
+        """Run the experiment's tasks; return the chief's metrics (what it wrote to metrics.json).
+
+        ``run_dir`` is a local directory (Hydra's output directory). ``run_uri``: where the run record is kept
+        when that is a bucket (``runs_dir=gs://...``); ``tfscale`` uploads ``run_dir`` there after ``run``
+        returns, so a backend whose tasks run on this machine can ignore it, and one whose tasks cannot see
+        ``run_dir`` has them read and write the URI.
+        """

@@ -10,7 +10,11 @@ gets a process of its own, because a trial's device topology is applied before T
   through ``CUDA_VISIBLE_DEVICES``.
 * :class:`RayLauncher` runs each job in a fresh Ray worker process (``max_calls=1``) that reserves
   ``cpus_per_trial``/``gpus_per_trial``. A job whose own config is ``backend=ray`` joins the same Ray
-  cluster (its ``backend.ray_address`` is set to it) and reserves no CPU itself: its actors do.
+  cluster (its ``backend.ray_address`` is set to it) and reserves no CPU itself: its actors do. On a
+  cluster tfscale did not start, the project's code travels as a Ray ``runtime_env`` (as for
+  ``backend=ray``); when its nodes do not share this machine's files, each job runs in a scratch directory
+  on its node and its files come back with its result into the job's directory here (the study uploads
+  them with the rest when ``hydra.sweep.dir`` is a bucket), and its models must go to a storage URI.
 
 Job directories are ``hydra.sweep.dir/hydra.sweep.subdir`` with ``hydra.job.num`` = the job index the
 caller passes (for a study, the trial id). Each job talks to the driver through its
@@ -262,9 +266,10 @@ def _pump(stream: Any, logf: Any, prefix: str) -> None:
 class RayLauncher(_BaseLauncher):
     """Each job in a fresh Ray worker process (``max_calls=1``) with its reserved CPUs/GPUs.
 
-    The driver connects to ``address`` (or starts a local Ray of ``num_cpus``) in ``setup`` and keeps it for
-    the rest of the sweep. Jobs' directories must be on a file system the driver sees (this machine, or a
-    shared one): the channel and the log are there.
+    The driver connects to ``address`` (or ``RAY_ADDRESS``; else it starts a local Ray of ``num_cpus``) in
+    ``setup`` and keeps it for the rest of the sweep. Jobs on nodes that do not share this machine's files
+    bring their directory back with their result (see the module doc); their per-epoch metrics are then
+    read when they end, so early stopping sees a trial only once it finished.
     """
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, cpus_per_trial: float = 1.0,
@@ -279,6 +284,7 @@ class RayLauncher(_BaseLauncher):
         self.gpus_per_trial = float(gpus_per_trial)
         self.stop_timeout_s = float(stop_timeout_s)
         self._remote: Any = None
+        self._elsewhere = False  # the nodes do not share this machine's files
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -289,10 +295,23 @@ class RayLauncher(_BaseLauncher):
     def _ray(self) -> Any:
         from orchestrator.launch import ray_session
 
-        ray = ray_session.connect(self.address, self.num_cpus)
+        attached = ray_session.attaches(self.address)
+        runtime_env = ray_session.project_runtime_env(hydra_plugins=True) if attached else None
+        ray = ray_session.connect(self.address, self.num_cpus, runtime_env=runtime_env, key="hydra.launcher.address")
         if self._remote is None:
-            log.info("Ray cluster at %s", ray.get_runtime_context().gcs_address)
-            self._remote = ray.remote(max_calls=1)(job_process.execute)
+            self._elsewhere = attached and not ray_session.shares_this_filesystem(self.address)
+            log.info("Ray cluster at %s%s", ray.get_runtime_context().gcs_address,
+                     f" ({len(ray_session.alive_nodes())} nodes; jobs bring their files back)" if self._elsewhere else "")
+            if self._elsewhere:
+                base = str(OmegaConf.select(self.config, "export.model_base") or "")
+                enabled = bool(OmegaConf.select(self.config, "export.enabled", default=False))
+                from orchestrator.artifacts import storage
+
+                if enabled and base and not storage.is_remote(base):
+                    raise ConfigError("export.model_base", base, "The Ray cluster's nodes do not share this machine's "
+                                      "files, so each trial's model would stay on its node: give a storage URI, e.g. "
+                                      "export.model_base=gs://BUCKET/models.")
+            self._remote = ray.remote(max_calls=1)(job_process.execute_elsewhere if self._elsewhere else job_process.execute)
         return ray
 
     def _join_cluster(self, job: Job, gcs_address: str) -> float:
@@ -353,13 +372,16 @@ class RayLauncher(_BaseLauncher):
         Ray sets CUDA_VISIBLE_DEVICES in the worker for the GPUs it reserved.
         """
         job.channel.log_path.unlink(missing_ok=True)
+        log_to = job.channel.log_path.name if self._elsewhere else str(job.channel.log_path)
         return self._remote.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(
-            self._payload(job, singletons), str(job.channel.log_path), job.channel.env())
+            self._payload(job, singletons), log_to, job.channel.env())
 
-    @staticmethod
-    def _result(ray: Any, job: Job, ref: Any, stopped: bool) -> JobReturn:
+    def _result(self, ray: Any, job: Job, ref: Any, stopped: bool) -> JobReturn:
         try:
             ret = ray.get(ref)
+            if self._elsewhere:  # (JobReturn, the files the job wrote on its node)
+                ret, files = ret
+                job_process.place_files(job.channel.dir, files)
         except ray.exceptions.RayError as exc:
             if stopped:
                 return job.stopped()

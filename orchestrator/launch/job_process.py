@@ -19,7 +19,7 @@ import pickle
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 _JOB_FILE = ".tfscale_job.pkl"
 _RETURN_FILE = ".tfscale_return.pkl"
@@ -104,6 +104,62 @@ def execute(job: Dict[str, Any], log_path: Optional[str] = None, env: Optional[D
     sys.stdout.flush()
     sys.stderr.flush()
     return _portable(ret)
+
+
+def execute_elsewhere(job: Dict[str, Any], log_name: str, env: Optional[Dict[str, str]] = None) -> Tuple[Any, Dict[str, bytes]]:
+    """Run one job on a machine that does not share the driver's files (a node of a Ray cluster).
+
+    The job's directory is a scratch directory here (also the working directory: nothing lands where the
+    driver's paths happen to exist), its output goes to ``log_name`` in it, and what the job wrote there
+    comes back with the JobReturn as ``{relative path: bytes}`` for the driver to put into the job's own
+    directory; the scratch directory is removed. The node this runs on is recorded in the trial's
+    provenance (``ray_node``).
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from omegaconf import open_dict, read_write
+
+    from orchestrator.artifacts.run_record import RAY_NODE_ENV
+    from orchestrator.launch.ray_session import node_facts
+    from tuners.metrics import METRICS_ENV_VAR
+
+    scratch = Path(tempfile.mkdtemp(prefix="tfscale-job-"))
+    try:
+        config = job["config"]
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(scratch)
+        subdir = _job_subdir(config)
+        out = scratch / subdir
+        job = {**job, "config": config, "cwd": str(scratch)}
+        env = dict(env or {})
+        if METRICS_ENV_VAR in env:  # the trial's reported metrics: into its directory on this node
+            env[METRICS_ENV_VAR] = str(out / Path(env[METRICS_ENV_VAR]).name)
+        env[RAY_NODE_ENV] = json.dumps(node_facts())
+        ret = execute(job, str(out / log_name), env)
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                 if p.is_file() and not p.is_symlink()}
+        return ret, files
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _job_subdir(config: Any) -> str:
+    """``hydra.sweep.subdir`` of a job's config, resolved as ``run_job`` resolves it."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    HydraConfig.instance().set_config(config)
+    return str(OmegaConf.select(config, "hydra.sweep.subdir"))
+
+
+def place_files(directory: Path, files: Dict[str, bytes]) -> None:
+    """Write what :func:`execute_elsewhere` brought back into the job's directory on the driver's machine."""
+    from orchestrator.artifacts.publish import publish_file
+
+    for rel, data in files.items():
+        publish_file(Path(directory) / rel, data)
 
 
 def _portable(ret: Any) -> Any:

@@ -29,7 +29,7 @@ class LocalBackend(Backend):
     def check(self, cfg: ExperimentConfig) -> None:
         return None
 
-    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path, *, run_uri: Optional[str] = None) -> Dict[str, Any]:
         from orchestrator.launch import warm_task
 
         task = warm_task.take()

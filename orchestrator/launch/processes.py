@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from orchestrator.launch.base import Backend
 from orchestrator.errors import ConfigError, TaskFailedError
 from orchestrator.runtime import supervisor
+from orchestrator.artifacts import storage
 from orchestrator.artifacts.run_record import RunRecord
 import strategies
 from strategies import tf_config
@@ -138,6 +139,8 @@ class ClusterBackend(Backend):
     """
 
     launches_clusters = True
+    #: The run's URI when its record is kept in a bucket (set by :meth:`run`; see :meth:`Backend.run`).
+    run_uri: Optional[str] = None
 
     def check(self, cfg: ExperimentConfig) -> None:
         if not tf_config.has_cluster(cfg.cluster):
@@ -162,10 +165,19 @@ class ClusterBackend(Backend):
     def release(self) -> None:
         """Release what :meth:`prepare` acquired (called once, also after failure or Ctrl-C)."""
 
+    def record_dir(self, run_dir: Path) -> Any:
+        """Where the tasks write the run record (the chief's metrics): ``run_dir`` unless they cannot see it."""
+        return run_dir
+
+    def task_facts(self) -> Dict[str, Any]:
+        """Per task, where it ran (added to ``provenance.json`` under ``tasks``); {} when there is nothing to add."""
+        return {}
+
     # ------------------------------------------------------------------------------ supervision
-    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path, *, run_uri: Optional[str] = None) -> Dict[str, Any]:
         run_dir = Path(run_dir)
         (run_dir / "tasks").mkdir(parents=True, exist_ok=True)
+        self.run_uri = run_uri
         tasks = tf_config.plan_tasks(cfg.cluster)
         handles: List[TaskHandle] = []
         restarts = 0
@@ -204,13 +216,18 @@ class ClusterBackend(Backend):
                 self.release()
             finally:
                 atexit.unregister(stop_all)
-        record = RunRecord(run_dir)
+        record = RunRecord(self.record_dir(run_dir))
         if record.metrics() is None:
             chief = _primary(tasks)
-            raise TaskFailedError(f"The chief {chief.name} ended without writing {run_dir / 'metrics.json'}. "
+            raise TaskFailedError(f"The chief {chief.name} ended without writing {record.path('metrics.json')}. "
                                   f"See its log: {run_dir / 'tasks' / (chief.slug + '.log')}")
+        placed = self.task_facts()
+        if placed:
+            record.add_provenance({"tasks": placed})
+        # The logs' lasting place: the bucket when the run is kept there (tfscale uploads run_dir after this).
+        logs = run_uri or run_dir
         return record.add_facts({"restarts": restarts, "backend": self.name,
-                                 "tasks": {t.name: str(run_dir / "tasks" / f"{t.slug}.log") for t in tasks}})
+                                 "tasks": {t.name: str(storage.join(logs, "tasks", f"{t.slug}.log")) for t in tasks}})
 
     def _supervise(self, cfg: ExperimentConfig, handles: Sequence[TaskHandle]) -> Optional[Tuple[TaskHandle, int]]:
         """Wait for the job to finish; return the first failed task and its exit code, or None on success."""

@@ -2,15 +2,20 @@
 
 The project is packaged as an sdist, staged to Cloud Storage and run with a ``python_package_spec`` (or the
 container in ``vertex.image``); every replica runs ``tfscale <overrides> backend=local`` and reads its role
-from the TF_CONFIG Vertex sets, through the same code path as every other backend. ``vertex.dry_run=true``
+from the TF_CONFIG Vertex sets, through the same code path as every other backend. Inside the job the chief
+publishes the model to ``export.model_base`` and ``AIP_MODEL_DIR``, backs up to ``AIP_CHECKPOINT_DIR``, logs
+TensorBoard scalars to ``AIP_TENSORBOARD_LOG_DIR`` (see :mod:`orchestrator.training.mirrors`) and keeps the
+run record in ``<base output directory>/run``; when the job succeeded, its ``metrics.json`` and
+``provenance.json`` are copied into the local run record and the model URI and console link printed. ``vertex.dry_run=true``
 prints the request and the gcloud command and contacts nothing. What is printed and written to the run
 directory is redacted (:mod:`orchestrator.artifacts.redact`); the job is submitted as configured.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from orchestrator.launch.base import Backend
 from orchestrator.artifacts.redact import redact
@@ -31,7 +36,7 @@ class VertexBackend(Backend):
 
         check_job(cfg)
 
-    def run(self, cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
+    def run(self, cfg: ExperimentConfig, run_dir: Path, *, run_uri: Optional[str] = None) -> Dict[str, Any]:
         from orchestrator.vertex import job_spec, packaging
 
         run_dir = Path(run_dir)
@@ -42,6 +47,12 @@ class VertexBackend(Backend):
         package_uris: List[str] = [] if v.image else [packaging.package_uri(cfg, display_name)]
         if v.tuning:
             return self._run_tuning(cfg, run_dir, display_name, sha, overrides, package_uris)
+        from orchestrator.artifacts import storage
+
+        if cfg.export.enabled and not storage.is_remote(cfg.export.model_base):
+            print(f"tfscale: note: export.model_base={cfg.export.model_base} is a directory on the job's machine: the model "
+                  f"comes back through AIP_MODEL_DIR ({job_spec.output_dir(cfg, display_name)}/model) only; give a bucket "
+                  f"(export.model_base=gs://{v.bucket}/models) to publish numbered versions.", flush=True)
         body = job_spec.custom_job(cfg, overrides=overrides, package_uris=package_uris, display_name=display_name, git_sha=sha)
         return self._submit(cfg, run_dir, body, kind="custom-jobs", what="CustomJob", extra={})
 
@@ -59,7 +70,7 @@ class VertexBackend(Backend):
         from google.cloud import aiplatform_v1
 
         from orchestrator.vertex import jobs, packaging
-        from orchestrator.vertex.job_spec import parent, to_json, to_proto
+        from orchestrator.vertex.job_spec import console_url, parent, to_json, to_proto
 
         v = cfg.vertex
         message = to_proto(getattr(aiplatform_v1, what), body)
@@ -91,7 +102,8 @@ class VertexBackend(Backend):
             get = lambda: client.get_hyperparameter_tuning_job(name=job.name)  # noqa: E731
             cancel = lambda: client.cancel_hyperparameter_tuning_job(name=job.name)  # noqa: E731
         facts["job"] = job.name
-        print(f"tfscale: submitted vertex {what} {job.name}", flush=True)
+        facts["console"] = console_url(job.name)
+        print(f"tfscale: submitted vertex {what} {job.name}\ntfscale: console {facts['console']}", flush=True)
         record.write_json("vertex.json", facts)
         if not v.wait:
             return _record(run_dir, facts)
@@ -102,6 +114,8 @@ class VertexBackend(Backend):
             raise
         record.write_json("vertex_job.json", json.loads(to_json(final)))
         facts["state"] = jobs.state_name(final)
+        if what == "CustomJob":
+            return _record(run_dir, facts, _bring_home(cfg, run_dir, body["displayName"], facts))
         if spec is not None:
             from orchestrator.vertex import tuning
 
@@ -131,9 +145,43 @@ def _save_job(run_dir: Path, get: Any) -> None:
         pass
 
 
-def _record(run_dir: Path, facts: Dict[str, Any]) -> Dict[str, Any]:
+def _bring_home(cfg: ExperimentConfig, run_dir: Path, display_name: str, facts: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Copy the finished job's ``metrics.json`` and ``provenance.json`` into the local run record; its metrics.
+
+    Prints where the model is. A job whose chief wrote no record (a custom container running other code)
+    leaves the local record with the job's facts only.
+    """
+    from orchestrator.artifacts import storage
+    from orchestrator.vertex.job_spec import job_run_dir
+
+    remote = RunRecord(job_run_dir(cfg, display_name))
+    facts["run_record"] = str(remote.run_dir)
+    try:
+        metrics = remote.metrics()
+        provenance = remote.provenance()
+    except Exception as exc:  # unreachable bucket, bad credentials: the job itself succeeded
+        print(f"tfscale: could not read the job's run record {remote.run_dir}: {exc}", file=sys.stderr)
+        return None
+    if metrics is None:
+        print(f"tfscale: the job wrote no metrics to {storage.join(remote.run_dir, 'metrics.json')}", file=sys.stderr)
+        return None
+    record = RunRecord(run_dir)
+    record.write_metrics(metrics)
+    if provenance is not None:
+        record.write_provenance(provenance)
+    facts["model"] = metrics.get("model_version")
+    facts["model_dir"] = metrics.get("model_dir")
+    if facts["model_dir"]:
+        print(f"tfscale: model for Vertex (AIP_MODEL_DIR) {facts['model_dir']}", flush=True)
+    print(f"tfscale: job run record {remote.run_dir}", flush=True)
+    return metrics
+
+
+def _record(run_dir: Path, facts: Dict[str, Any], job_metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     record = RunRecord(run_dir)
     record.write_json("vertex.json", facts)
+    if job_metrics is not None:  # the chief's own results came home: keep them, add the job's facts
+        return record.add_facts({"vertex": facts})
     return record.add_facts({"vertex": facts, "epochs": None, "replicas": None, "strategy": None,
                              "examples_per_second": None})
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from orchestrator.artifacts.run_record import RunRecord, provenance
+from orchestrator.training.mirrors import DirectoryMirror, Mirrors, copy_model, mirror_callback, restore
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import ExperimentConfig
@@ -52,7 +53,8 @@ class TaskIdentity:
 
 class EpochLog:
     """A Keras callback recording each epoch: a line of the run record's ``epochs.jsonl`` (study early
-    stopping, live tails) and, when ``tensorboard_dir`` is set, TensorBoard scalars.
+    stopping, live tails; also in ``also``, the run's record in a bucket when this task works on a scratch
+    copy of it) and, when ``tensorboard_dir`` is set, TensorBoard scalars.
 
     The scalars use tf_keras' TensorBoard layout (``train/`` and ``validation/``, tags ``epoch_<metric>``), so
     TensorBoard and the study metric readers see the same thing. They are written as event protos, without
@@ -60,7 +62,7 @@ class EpochLog:
     epoch, a visible share of a small model's training time.
     """
 
-    def __new__(cls, keras: Any, record: RunRecord, tensorboard_dir: Optional[Path] = None):
+    def __new__(cls, keras: Any, record: RunRecord, tensorboard_dir: Optional[Path] = None, also: Optional[RunRecord] = None):
         from tuners.metrics import EventWriter
 
         class _EpochLog(keras.callbacks.Callback):
@@ -69,6 +71,8 @@ class EpochLog:
             def on_epoch_end(self, epoch, logs=None):
                 logs = {k: float(v) for k, v in (logs or {}).items()}
                 record.append_epoch({"epoch": epoch + 1, **logs})
+                if also is not None:  # the run's own record, when this task works on a scratch copy of it
+                    also.append_epoch({"epoch": epoch + 1, **logs})
                 if tensorboard_dir is None:
                     return
                 for key, value in logs.items():
@@ -86,11 +90,17 @@ class EpochLog:
         return _EpochLog()
 
 
-def _callbacks(keras: Any, cfg: ExperimentConfig, run_dir: Path, identity: TaskIdentity) -> list:
+def _callbacks(keras: Any, cfg: ExperimentConfig, run_dir: Path, identity: TaskIdentity, mirrors: Mirrors) -> list:
     t = cfg.trainer
     cbs = []
     if t.backup_and_restore:
-        cbs.append(keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup")))
+        backup = run_dir / "backup"
+        if mirrors.backup:  # a restarted task may run on another machine: resume from the shared copy
+            restore(mirrors.backup, backup)
+        cbs.append(keras.callbacks.BackupAndRestore(backup_dir=str(backup)))
+        if mirrors.backup and identity.is_chief:  # the chief's backup is the one every task restores from
+            cbs.append(mirror_callback(keras, DirectoryMirror(backup, mirrors.backup, skip=lambda rel: rel.startswith("workertemp")),
+                                       at_end="keep" if mirrors.keep_backup else "remove"))
     if t.checkpoints:
         ckpt_dir = run_dir / "checkpoints" if identity.is_chief else run_dir / f"checkpoints_tmp_{identity.task_type}_{identity.task_index}"
         cbs.append(keras.callbacks.ModelCheckpoint(filepath=str(ckpt_dir / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
@@ -99,7 +109,10 @@ def _callbacks(keras: Any, cfg: ExperimentConfig, run_dir: Path, identity: TaskI
         cbs.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta,
                                                  restore_best_weights=es.restore_best_weights))
     if identity.is_chief:
-        cbs.append(EpochLog(keras, RunRecord(run_dir), run_dir / "tensorboard" if t.tensorboard else None))
+        cbs.append(EpochLog(keras, RunRecord(run_dir), run_dir / "tensorboard" if t.tensorboard else None,
+                            also=RunRecord(mirrors.record) if mirrors.record else None))
+        if t.tensorboard and mirrors.tensorboard:
+            cbs.append(mirror_callback(keras, DirectoryMirror(run_dir / "tensorboard", mirrors.tensorboard)))
     return cbs
 
 
@@ -110,10 +123,14 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
     return {k: float(v) for k, v in values.items()}
 
 
-def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None) -> Dict[str, Any]:
+def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None,
+                 run_uri: Optional[str] = None) -> Dict[str, Any]:
     """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json.
 
-    ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``.
+    ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``. ``run_uri``: the
+    run directory in a bucket when ``run_dir`` is this machine's scratch copy of it (a task on a Ray node);
+    the backup and TensorBoard logs are then mirrored below it (see :mod:`orchestrator.training.mirrors`,
+    which also applies Vertex's ``AIP_*`` directories).
     """
     from orchestrator import deploy
     from orchestrator.artifacts import quantization
@@ -135,6 +152,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = TaskIdentity.from_env()
+    mirrors = Mirrors.resolve(run_uri)
     if cluster_task.server_or_sidecar(cfg, identity):  # ps/worker servers and the evaluator build no trainer
         return cluster_task.run_cluster_task(cfg, run_dir, identity)
     topology = role_topology(cfg, identity.task_type)
@@ -188,7 +206,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     fit_start = time.time()
     history = model.fit(fit.x, epochs=t.epochs, validation_data=fit.validation_data,
                         steps_per_epoch=steps_per_epoch, verbose=t.verbose,
-                        callbacks=_callbacks(keras, cfg, run_dir, identity) + cluster_task.cluster_callbacks(keras, cfg, run_dir, identity) + [timer])
+                        callbacks=_callbacks(keras, cfg, run_dir, identity, mirrors) + cluster_task.cluster_callbacks(keras, cfg, run_dir, identity) + [timer])
     fit_seconds = time.time() - fit_start
     epochs_run = len(history.history.get("loss", []))  # this attempt's epochs; BackupAndRestore skips finished ones
     steps = steps_per_epoch or -(-len(splits.x_train) // batch)
@@ -224,9 +242,11 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     conversion = quantization.convert_and_gate(cfg, model, splits, run_dir) if identity.is_chief else None
     if identity.is_chief and cfg.export.enabled:
         version_dir = export_version(tf, model, cfg, splits.input_shape, {
-            "run_dir": str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
+            "run_dir": run_uri or str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "test": metrics["test"]})
         metrics["model_version"] = str(version_dir)
+        if mirrors.model:  # inside a Vertex job: where Vertex (and a model upload from the job) looks for it
+            metrics["model_dir"] = copy_model(version_dir, mirrors.model)
         if conversion is not None:
             conversion.publish(version_dir)
         metrics["deploy"] = deploy.get(cfg.deploy.target).deploy(cfg, version_dir, run_dir)

@@ -53,6 +53,8 @@ def check_job(cfg: ExperimentConfig) -> None:
                           f"Use a positive interval no larger than vertex.max_poll_interval_s={v.max_poll_interval_s}.")
     if v.timeout_s is not None and v.timeout_s <= 0:
         raise ConfigError("vertex.timeout_s", v.timeout_s, "Give a positive number of seconds, or null for no limit.")
+    if not v.retry_deadline_s > 0:
+        raise ConfigError("vertex.retry_deadline_s", v.retry_deadline_s, "Give a positive number of seconds (default 300).")
     if v.display_name is not None and not (0 < len(v.display_name) <= 128):
         raise ConfigError("vertex.display_name", v.display_name, "Use 1 to 128 characters, or null for a generated name.")
     if cfg.cluster.spec:

@@ -43,6 +43,7 @@ SCALE_TIERS: Dict[str, Dict[str, PoolPreset]] = {
 }
 
 PYTHON_MODULE = "orchestrator.app.cli"
+JOB_RUN_DIR = "run"
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
@@ -135,11 +136,12 @@ def accelerator_count(cfg: ExperimentConfig, role: str) -> int:
     return len(gpus) if gpus else 0
 
 
-def trainer_args(overrides: Sequence[str]) -> List[str]:
+def trainer_args(overrides: Sequence[str], *, run_dir: Optional[str] = None) -> List[str]:
     """Arguments of the program inside the job: the run's overrides, run locally on each replica.
 
     Overrides that only concern launching (``backend``, ``vertex.*``, ``hydra.*``) are dropped; inside the
-    job every replica runs ``backend=local`` and reads its role from the TF_CONFIG Vertex sets.
+    job every replica runs ``backend=local`` and reads its role from the TF_CONFIG Vertex sets. ``run_dir``:
+    where the chief keeps the run record (``hydra.run.dir``; see :func:`job_run_dir`).
     """
     kept = []
     for ov in overrides:
@@ -147,6 +149,8 @@ def trainer_args(overrides: Sequence[str]) -> List[str]:
         if key in ("backend", "vertex") or key.startswith(("backend.", "vertex.", "hydra.")):
             continue
         kept.append(ov)
+    if run_dir:
+        kept.append(f"hydra.run.dir={run_dir}")
     return kept + ["backend=local"]
 
 
@@ -193,6 +197,24 @@ def output_dir(cfg: ExperimentConfig, display_name: str) -> str:
     return cfg.vertex.output_dir or f"gs://{cfg.vertex.bucket}/tfscale/jobs/{display_name}"
 
 
+def job_run_dir(cfg: ExperimentConfig, display_name: str) -> str:
+    """Where the chief of a CustomJob keeps the run record: ``<base output directory>/run``.
+
+    Beside Vertex's own ``model/``, ``checkpoints/`` and ``logs/`` (``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``,
+    ``AIP_TENSORBOARD_LOG_DIR``); ``tfscale`` reads the job's metrics and provenance back from it.
+    """
+    return f"{output_dir(cfg, display_name).rstrip('/')}/{JOB_RUN_DIR}"
+
+
+def console_url(job_name: str) -> str:
+    """The Cloud console page of a job (``projects/P/locations/R/customJobs/ID``), as the Vertex SDK (2.x) links it."""
+    parts = job_name.split("/")
+    fields = dict(zip(parts[::2], parts[1::2]))
+    job_id = parts[-1]
+    return (f"https://console.cloud.google.com/agent-platform/locations/{fields.get('locations')}/training/{job_id}"
+            f"?project={fields.get('projects')}")
+
+
 def custom_job_spec(cfg: ExperimentConfig, program: Tuple[str, Dict[str, Any]], display_name: str) -> Dict[str, Any]:
     """A ``CustomJobSpec`` dict: pools, output directory, service account, network."""
     spec: Dict[str, Any] = {"workerPoolSpecs": worker_pool_specs(cfg, program),
@@ -207,7 +229,7 @@ def custom_job_spec(cfg: ExperimentConfig, program: Tuple[str, Dict[str, Any]], 
 def custom_job(cfg: ExperimentConfig, *, overrides: Sequence[str], package_uris: Sequence[str], display_name: str,
                git_sha: Optional[str]) -> Dict[str, Any]:
     """The whole ``CustomJob`` of the experiment."""
-    program = program_spec(cfg, trainer_args(overrides), package_uris)
+    program = program_spec(cfg, trainer_args(overrides, run_dir=job_run_dir(cfg, display_name)), package_uris)
     return {"displayName": display_name, "jobSpec": custom_job_spec(cfg, program, display_name),
             "labels": job_labels(cfg, git_sha)}
 

@@ -57,19 +57,45 @@ def state_name(job: Any) -> str:
     return getattr(state, "name", str(state))
 
 
+def transient_retry(v: Any) -> Any:
+    """``google.api_core`` Retry of a poll: UNAVAILABLE and DEADLINE_EXCEEDED, backing off, for ``vertex.retry_deadline_s``.
+
+    An API that is briefly unreachable (a network blip, a rolling restart) must not end the wait for a
+    job that keeps running; every other error is not transient and is raised at once.
+    """
+    from google.api_core import exceptions, retry
+
+    def tell(exc: Exception) -> None:
+        print(f"tfscale: vertex API: {getattr(exc, 'grpc_status_code', None) or type(exc).__name__} "
+              f"({str(exc).splitlines()[0][:120]}); retrying", flush=True)
+
+    return retry.Retry(predicate=retry.if_exception_type(exceptions.ServiceUnavailable, exceptions.DeadlineExceeded),
+                       initial=min(1.0, float(v.poll_interval_s)), maximum=float(v.max_poll_interval_s), multiplier=2.0,
+                       timeout=float(v.retry_deadline_s), on_error=tell)
+
+
 def follow(get: Callable[[], Any], cancel: Callable[[], Any], v: Any, *, what: str) -> Any:
     """Poll ``get()`` with exponential backoff until the job ends; return the final job.
 
     A failed, cancelled or expired job raises TaskFailedError carrying ``job.error.message``. Ctrl-C, or
     ``vertex.timeout_s`` running out, cancels the job before giving up, so no machines keep running
-    unattended.
+    unattended. Transient API errors are retried (:func:`transient_retry`); past ``vertex.retry_deadline_s``
+    the wait ends with a TaskFailedError while the job itself keeps running.
     """
+    from google.api_core import exceptions
+
     interval = float(v.poll_interval_s)
     started = time.monotonic()
     last = None
+    poll = transient_retry(v)(get)
     try:
         while True:
-            job = get()
+            try:
+                job = poll()
+            except exceptions.RetryError as exc:
+                raise TaskFailedError(f"The Vertex API stayed unreachable for vertex.retry_deadline_s={v.retry_deadline_s}s "
+                                      f"while following the {what} ({exc.cause or exc}); the job was not cancelled: "
+                                      "follow it in the console or with gcloud ai custom-jobs describe.") from None
             state = state_name(job)
             if state != last:
                 print(f"tfscale: vertex {what} {job.name}: {state}", flush=True)

@@ -19,7 +19,9 @@ def test_custom_job_is_staged_submitted_and_followed_until_it_succeeds(tmp_path,
     pools = request.custom_job.job_spec.worker_pool_specs
     assert [p.replica_count for p in pools] == [1, 1]
     args = list(pools[0].python_package_spec.args)
-    assert args == ["cluster=workers_2", "strategy=multi_worker_mirrored", "trainer.epochs=2", "backend=local"]
+    # The overrides, where the chief keeps the run record (<base output directory>/run), and each replica local.
+    assert args == ["cluster=workers_2", "strategy=multi_worker_mirrored", "trainer.epochs=2",
+                    f"hydra.run.dir={tmp_path / 'job_output' / 'run'}", "backend=local"]
     # The package the job installs was really built and staged where the request says.
     (uri,) = pools[0].python_package_spec.package_uris
     with tarfile.open(uri) as sdist:

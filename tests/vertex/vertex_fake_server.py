@@ -2,14 +2,25 @@
 google.longrunning.Operations over plaintext gRPC on 127.0.0.1, (de)serialising with the SDK's own types.
 
 It records every request it receives and scripts job states (PENDING -> RUNNING -> SUCCEEDED, or FAILED
-with an error), so tests can assert on what tfscale sent and on how it followed the job.
+with an error), so tests can assert on what tfscale sent and on how it followed the job. With ``run_jobs``
+it runs a CustomJob's worker-pool commands instead, as local processes, the way Vertex runs replicas: each
+with TF_CONFIG (chief, worker, ps from pools 0-2), ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR`` and
+``AIP_TENSORBOARD_LOG_DIR`` below the job's base output directory, in a working directory of its own; the
+job is RUNNING while they run and SUCCEEDED when every chief and worker exited 0. ``unavailable`` makes the
+next polls answer UNAVAILABLE.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
+import sys
+import tempfile
 import threading
 from concurrent import futures
-from typing import Any, Dict, List, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import grpc
 from google.cloud import aiplatform_v1 as v1
@@ -22,7 +33,13 @@ S = v1.JobState
 class FakeVertex:
     """The fake API. ``outcome`` decides how the next jobs end: ``succeed`` or ``fail``."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_jobs: bool = False, env: Optional[Dict[str, str]] = None) -> None:
+        self.run_jobs = run_jobs
+        self.env = dict(env or {})  # added to the replicas' environment (e.g. STORAGE_EMULATOR_HOST)
+        self.unavailable = 0  # the next N job polls answer UNAVAILABLE
+        self.replicas: Dict[str, List[Dict[str, Any]]] = {}  # job name -> [{"role", "index", "child", "log", "cwd"}]
+        self._polled: set = set()
+        self._cancelled: set = set()
         self.requests: List[Tuple[str, Any]] = []
         self.polls: List[str] = []
         self.outcome = "succeed"
@@ -87,6 +104,18 @@ class FakeVertex:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(grace=None)
+        import shutil
+
+        for replicas in self.replicas.values():
+            for r in replicas:
+                r["child"].stop(5)
+                shutil.rmtree(r["cwd"], ignore_errors=True)
+                r["log"].unlink(missing_ok=True)
+
+    def replica_logs(self) -> str:
+        """Every replica's output so far (for a failing test's message)."""
+        return "\n".join(f"--- {r['role']}:{r['index']} ---\n{r['log'].read_text(errors='replace')[-3000:]}"
+                         for replicas in self.replicas.values() for r in replicas if r["log"].exists())
 
     def _recording(self, method: str, fn: Any) -> Any:
         def handle(request: Any, context: Any) -> Any:
@@ -121,8 +150,66 @@ class FakeVertex:
         job.name = f"{request.parent}/customJobs/{self._id()}"
         job.state = S.JOB_STATE_QUEUED
         self.jobs[job.name] = job
-        self.scripts[job.name] = self._script()
+        if self.run_jobs:
+            self.replicas[job.name] = self._start_replicas(job)
+        else:
+            self.scripts[job.name] = self._script()
         return job
+
+    def _start_replicas(self, job: Any) -> List[Dict[str, Any]]:
+        """Every replica of every pool as a local process (see the module doc)."""
+        from orchestrator.runtime import supervisor
+
+        roles = ("chief", "worker", "ps", "evaluator")
+        pools = [(roles[i], pool) for i, pool in enumerate(job.job_spec.worker_pool_specs) if pool.replica_count]
+        cluster = {role: [f"127.0.0.1:{_free_port()}" for _ in range(pool.replica_count)]
+                   for role, pool in pools if role != "evaluator"}
+        base = job.job_spec.base_output_directory.output_uri_prefix.rstrip("/")
+        job_id = job.name.rsplit("/", 1)[1]
+        started = []
+        for role, pool in pools:
+            package, container = pool.python_package_spec, pool.container_spec
+            if package.python_module:
+                argv = [sys.executable, "-m", package.python_module, *package.args]
+                extra = {e.name: e.value for e in package.env}
+            else:
+                argv = [sys.executable if c == "python" else c for c in container.command] + list(container.args)
+                extra = {e.name: e.value for e in container.env}
+            for index in range(pool.replica_count):
+                env = dict(os.environ, **self.env, **extra)
+                env.update(CLOUD_ML_JOB_ID=job_id, AIP_MODEL_DIR=f"{base}/model/", AIP_CHECKPOINT_DIR=f"{base}/checkpoints/",
+                           AIP_TENSORBOARD_LOG_DIR=f"{base}/logs/", TF_CPP_MIN_LOG_LEVEL="2",
+                           TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": role, "index": index},
+                                                 "environment": "cloud"}))
+                cwd = Path(tempfile.mkdtemp(prefix=f"fake-vertex-{role}{index}-"))
+                log = cwd.parent / f"{cwd.name}.log"
+                # No pre-exec hook (outlive_parent): Python code run in a child forked from a gRPC server thread can
+                # crash; stop() ends the replicas instead.
+                child = supervisor.start(argv, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=supervisor.STDOUT,
+                                         outlive_parent=True)
+                started.append({"role": role, "index": index, "child": child, "log": log, "cwd": cwd})
+        return started
+
+    def _replica_state(self, job: Any) -> Any:
+        """The job's state from its replicas: RUNNING until every chief and worker ended, then how they ended."""
+        replicas = self.replicas[job.name]
+        trainers = [r for r in replicas if r["role"] in ("chief", "worker")]
+        if job.name not in self._polled:
+            self._polled.add(job.name)
+            return S.JOB_STATE_PENDING
+        if any(r["child"].poll() is None for r in trainers):
+            return S.JOB_STATE_RUNNING
+        for r in replicas:  # parameter servers never end by themselves: Vertex stops them with the job
+            if r["child"].poll() is None:
+                r["child"].stop(5)
+        failed = [r for r in trainers if r["child"].returncode != 0]
+        if failed:
+            r = failed[0]
+            tail = r["log"].read_text(errors="replace")[-1500:]
+            job.error = {"code": 3, "message": f"The replica workerpool0-{r['index']} ({r['role']}) exited with a "
+                                               f"non-zero status of {r['child'].returncode}. {tail}"}
+            return S.JOB_STATE_FAILED
+        return S.JOB_STATE_SUCCEEDED
 
     def create_tuning_job(self, request: Any, context: Any) -> Any:
         job = v1.HyperparameterTuningJob(request.hyperparameter_tuning_job)
@@ -136,6 +223,14 @@ class FakeVertex:
         job = self.jobs.get(request.name)
         if job is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} not found")
+        if self.unavailable > 0:
+            self.unavailable -= 1
+            self.polls.append("UNAVAILABLE")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "fake Vertex: the service is unavailable right now")
+        if request.name in self.replicas and request.name not in self._cancelled:
+            job.state = self._replica_state(job)
+            self.polls.append(job.state.name)
+            return job
         script = self.scripts[request.name]
         if script:
             job.state = script.pop(0)
@@ -148,6 +243,9 @@ class FakeVertex:
 
     def cancel_job(self, request: Any, context: Any) -> Any:
         job = self.jobs[request.name]
+        for r in self.replicas.get(request.name, []):
+            r["child"].stop(5)
+        self._cancelled.add(request.name)
         job.state = S.JOB_STATE_CANCELLED
         self.scripts[request.name] = []
         return None
@@ -269,6 +367,12 @@ def _add_trials(job: Any) -> None:
                 v1.Measurement.Metric(metric_id=metric, value=0.5 + i / 100)])
         trials.append(trial)
     job.trials = trials
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _serializer(resp: Any) -> Any:

@@ -110,3 +110,45 @@ def test_vertex_trials_map_to_tuner_trials(tmp_path):
     assert [(t.id, t.status, t.objective, t.parameters["units"]) for t in loaded] == [
         (1, TrialStatus.COMPLETED, 0.4, 16), (2, TrialStatus.COMPLETED, 0.2, 32), (3, TrialStatus.FAILED, None, 64)]
     assert loaded[2].error == "OOM"
+
+
+def test_inside_a_job_the_aip_directories_are_where_the_task_mirrors_to():
+    from orchestrator.training.mirrors import Mirrors
+
+    env = {"AIP_MODEL_DIR": "gs://b/job/model/", "AIP_CHECKPOINT_DIR": "gs://b/job/checkpoints/",
+           "AIP_TENSORBOARD_LOG_DIR": "gs://b/job/logs/"}
+    assert Mirrors.resolve(None, env) == Mirrors(backup="gs://b/job/checkpoints", tensorboard="gs://b/job/logs",
+                                                 model="gs://b/job/model", keep_backup=True)
+    # A task on a Ray node keeps them below its run's URI; the backup goes once training ended.
+    assert Mirrors.resolve("gs://b/runs/r1", {}) == Mirrors(backup="gs://b/runs/r1/backup", tensorboard="gs://b/runs/r1/tensorboard",
+                                                            record="gs://b/runs/r1")
+    assert Mirrors.resolve(None, {}) == Mirrors()  # a local run mirrors nothing
+
+
+def test_the_chief_keeps_the_run_record_in_the_jobs_output_directory():
+    from orchestrator.vertex.job_spec import console_url, custom_job
+
+    cfg = compose("vertex.output_dir=gs://b/jobs/j1")
+    body = custom_job(cfg, overrides=["model=cnn"], package_uris=["gs://b/p.tar.gz"], display_name="j1", git_sha=None)
+    args = body["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]["args"]
+    assert args == ["model=cnn", "hydra.run.dir=gs://b/jobs/j1/run", "backend=local"]
+    assert console_url("projects/p1/locations/europe-west4/customJobs/123") == \
+        "https://console.cloud.google.com/agent-platform/locations/europe-west4/training/123?project=p1"
+
+
+def test_the_job_package_says_when_the_prebuilt_image_lacks_the_pinned_tensorflow(tmp_path):
+    from orchestrator.vertex import packaging
+
+    assert packaging.prebuilt_tensorflow("us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest") == "2.17"
+    assert packaging.prebuilt_tensorflow("us-docker.pkg.dev/me/train/tfscale:1") is None
+    cfg = compose()
+    assert "TensorFlow 2.17" in packaging.image_mismatch(cfg)  # the default image, TensorFlow 2.21 here
+    sdist = tmp_path / packaging.sdist_name()
+    sdist.write_bytes(b"")
+    container = packaging.write_container(cfg, sdist)
+    dockerfile = (tmp_path / "Dockerfile").read_text()
+    assert f"tensorflow=={packaging.local_tensorflow()}" in dockerfile and f"COPY {sdist.name}" in dockerfile
+    assert container["build"].startswith("gcloud builds submit --project=tfscale-test --tag=us-central1-docker.pkg.dev/")
+    text = packaging.pyproject_text({"name": "tfscale", "version": "1", "dependencies": ["numpy"],
+                                     "optional-dependencies": {"storage": ["gcsfs>=2024.6"], "ray": ["ray"]}})
+    assert 'dependencies = ["numpy", "gcsfs>=2024.6"]' in text and 'ray = ["ray"]' in text

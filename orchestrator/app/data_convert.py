@@ -10,13 +10,14 @@ memory — same ``--validation-split``, ``--test-split`` and ``--seed`` — so a
 sees the same examples. Each split is written as shards of contiguous rows, with a ``spec.json`` holding
 the feature spec, the label key, the class count, the rescaling and per split the file pattern and
 record count. The output directory is published atomically (written to a hidden temporary sibling, then
-renamed); it must not exist yet.
+renamed); it must not exist yet. ``--output gs://bucket/shards`` (or ``s3://``) publishes it to a bucket
+through the same publisher: written locally, then uploaded with ``spec.json`` last, so a reader that finds
+the spec finds every shard.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 from orchestrator.errors import ConfigError
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="an .npz (arrays --features-key, --label-key), .csv (header; label column --label-key) or .parquet file")
     src.add_argument("--digits", action="store_true", help="scikit-learn's bundled 8x8 digits (what data=digits trains on)")
-    p.add_argument("--output", required=True, help="directory to create (must not exist)")
+    p.add_argument("--output", required=True, help="directory to create (must not exist): a local path or a bucket URI (gs://, s3://)")
     p.add_argument("--shards", type=int, default=16, help="training shards (default 16)")
     p.add_argument("--eval-shards", type=int, default=None, help="validation / test shards (default: shards // 8, at least 1)")
     p.add_argument("--format", choices=("tfrecord", "csv"), default="tfrecord", help="shard format (default tfrecord)")
@@ -55,7 +56,13 @@ def _check(args: argparse.Namespace) -> None:
             raise ConfigError(flag, value, "It is a fraction of the rows: use a value in [0, 1).")
     if args.validation_split + args.test_split >= 1.0:
         raise ConfigError("--validation-split", args.validation_split, "validation + test splits leave no training rows; keep the sum below 1.")
-    if os.path.exists(args.output):
+    from orchestrator.artifacts import storage
+    from orchestrator.config.streams import check_uri
+
+    if storage.is_remote(args.output):
+        check_uri("--output", args.output)
+        storage.check_access(args.output, "--output")
+    if storage.exists(args.output):
         raise ConfigError("--output", args.output, "It already exists; the converter publishes a new directory. Choose another path or remove it.")
     if args.input:
         if not os.path.isfile(args.input):
@@ -120,7 +127,7 @@ def convert(argv: List[str]) -> int:
     eval_shards = args.eval_shards or max(1, args.shards // 8)
     arrays = {"train": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val),
               "test": (splits.x_test, splits.y_test)}
-    out = write_dataset(Path(args.output), arrays, shards=args.shards, eval_shards=eval_shards, fmt=args.format,
+    out = write_dataset(args.output, arrays, shards=args.shards, eval_shards=eval_shards, fmt=args.format,
                         features_key=args.features_key, label_key=args.label_key, num_classes=splits.num_classes,
                         scale=splits.scale, source=source, seed=args.seed, columns=columns)
     counts = ", ".join(f"{k} {len(v[1])}" for k, v in arrays.items() if len(v[1]))

@@ -25,8 +25,9 @@ An object store has no rename, so the same promise is kept another way:
 
 - A single file (a ``.tflite``, a run-record file, ``models.config``) is one object, and an object appears
   whole or not at all.
-- A directory (a SavedModel version, a TF.js model) is written to a local temporary directory, then uploaded
-  under its final name with its *entry file* last: ``saved_model.pb`` (or a TF.js ``model.json``). What a
+- A directory (a SavedModel version, a TF.js model, a converted dataset) is written to a local temporary
+  directory, then uploaded under its final name with its *entry file* last: ``saved_model.pb`` (or a TF.js
+  ``model.json``, a dataset's ``spec.json``). What a
   server considers a version is a numeric directory (the embedded server's poller and TF Serving's
   ``FileSystemStoragePathSource`` alike: any child whose name parses as an integer); TF Serving then loads
   it with ``LoadSavedModel``, which needs ``saved_model.pb`` and retries a failed load
@@ -66,8 +67,9 @@ DIR_MODE = 0o755
 FILE_MODE = 0o644
 VERSION_RE = re.compile(r"^\d+$")
 _MAX_TRIES = 1000
-#: Files a reader opens first, uploaded last on an object store: once one is there, the rest is too.
-ENTRY_FILES = ("saved_model.pb", "model.json")
+#: Files a reader opens first, uploaded last on an object store: once one is there, the rest is too
+#: (a SavedModel, a TF.js model, a converted dataset's spec.json).
+ENTRY_FILES = ("saved_model.pb", "model.json", "spec.json")
 CLAIMS_DIR = ".versions"
 CLAIM_SUFFIX = ".claim"
 Target = Union[str, Path]  # a local path or a storage URI

@@ -10,13 +10,17 @@ Public API (all functions take a URI or a local path, as ``str`` or :class:`~pat
     exists(uri) -> bool;  isdir(uri) -> bool
     listdir(uri) -> [names]                   # direct children ([] when missing); "directories" are prefixes
     read_bytes(uri) / read_text(uri)
+    glob(pattern) -> [URIs]                   # the files a pattern matches, sorted
+    open_stream(uri) -> binary file object    # sequential reads of a large object, no read-ahead cache
+    stat(uri) -> (size, modified time)
     put_bytes(uri, data, create_only=False)   # one object/file; create_only: FileExistsError if it exists
     files(uri) -> {relative path: modified time}   # every file below uri
     upload_dir(local, uri, last=())           # copy a local tree into uri, the names in ``last`` last
     download_dir(uri, local)                  # copy uri's tree into a local directory
     remove(uri)                               # a file or a whole tree; missing is fine
     check_access(uri, key)                    # preflight: ConfigError naming the URI, the problem, the fix
-    preflight(cfg)                            # check_access for every remote URI an experiment writes to
+    preflight(cfg)                            # check_access for every remote URI an experiment writes to;
+                                              # the shards it reads from a bucket listed
 
 Artifacts are *published* with :mod:`orchestrator.artifacts.publish` (which uses this module); ``put_bytes`` and
 ``upload_dir`` are its primitives, not a second way to publish.
@@ -202,6 +206,41 @@ def read_text(uri: PathOrUri) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def glob(pattern: PathOrUri) -> List[str]:
+    """The files ``pattern`` matches (``*``, ``?``, ``[...]``; ``**`` across directories), sorted, as URIs or paths.
+
+    On an object store "directories" are prefixes, so only objects are returned.
+    """
+    s = os.fspath(pattern)
+    if not is_remote(s):
+        import glob as _glob
+
+        return sorted(p for p in _glob.glob(str(local_path(s)), recursive=True) if os.path.isfile(p))
+    scheme = s.split("://", 1)[0]
+    fs, p = filesystem(s)
+    found = fs.glob(p, detail=True)
+    return sorted(f"{scheme}://{k}" for k, v in found.items() if v.get("type") != "directory")
+
+
+def open_stream(uri: PathOrUri) -> Any:
+    """A binary file object reading ``uri`` from its start, sequentially: each ``read(n)`` asks the store for
+    those ``n`` bytes (no read-ahead cache), so memory holds what the caller asked for, not the file."""
+    fs, p = filesystem(uri)
+    if not is_remote(uri):
+        return fs.open(p, "rb")
+    return fs.open(p, "rb", cache_type="none")
+
+
+def stat(uri: PathOrUri) -> Tuple[int, float]:
+    """``(size in bytes, modification time)`` of the file at ``uri`` (FileNotFoundError when missing)."""
+    if not is_remote(uri):
+        st = local_path(uri).stat()
+        return st.st_size, st.st_mtime
+    fs, p = filesystem(uri)
+    info = fs.info(p)
+    return int(info.get("size") or 0), _mtime(info)
+
+
 def files(uri: PathOrUri) -> Dict[str, float]:
     """Every file below ``uri``: ``{path relative to uri: modification time (epoch seconds)}``."""
     if not is_remote(uri):
@@ -317,11 +356,13 @@ def remove(uri: PathOrUri) -> None:
 
 
 # ------------------------------------------------------------------------------------------ preflight
-def check_access(uri: PathOrUri, key: str) -> None:
-    """Fail fast, before any compute or write, if ``uri`` cannot be written to.
+def check_access(uri: PathOrUri, key: str, *, reading: bool = False) -> None:
+    """Fail fast, before any compute or write, if ``uri`` cannot be written to (``reading``: read from).
 
     One attempt with short timeouts: a missing bucket, an unreachable endpoint or missing credentials raise
     :class:`ConfigError` naming the key, the URI, the problem and the fix. Local paths are not checked here.
+    A reader may be allowed to read objects but not the bucket's metadata (GCS ``roles/storage.objectViewer``),
+    so with ``reading`` a denied bucket lookup is not an error: listing the objects tells.
     """
     s = os.fspath(uri)
     if not is_remote(s):
@@ -330,14 +371,14 @@ def check_access(uri: PathOrUri, key: str) -> None:
     if not bucket(s):
         raise ConfigError(key, s, f"A {scheme}:// URI needs a bucket, e.g. {scheme}://my-bucket/runs.")
     if scheme in ("gs", "gcs"):
-        _check_gcs(s, key)
+        _check_gcs(s, key, reading)
     elif scheme == "s3":
-        _check_s3(s, key)
+        _check_s3(s, key, reading)
     else:
         filesystem(s)  # at least an installed fsspec implementation
 
 
-def _check_gcs(uri: str, key: str) -> None:
+def _check_gcs(uri: str, key: str, reading: bool = False) -> None:
     _import("gcsfs", uri)
     from google.api_core import exceptions as gexc
     from google.cloud import storage as gcs
@@ -369,6 +410,8 @@ def _check_gcs(uri: str, key: str) -> None:
         raise ConfigError(key, uri, f"Bucket {name} does not exist on {where}; create it "
                           f"(gcloud storage buckets create gs://{name}) or fix the URI.") from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
+        if reading and isinstance(exc, gexc.Forbidden):
+            return
         raise ConfigError(key, uri, f"Access to bucket {name} denied ({exc.code}); grant the credentials "
                           "roles/storage.objectAdmin on it or use other credentials.") from None
     except gexc.GoogleAPICallError as exc:
@@ -379,7 +422,7 @@ def _check_gcs(uri: str, key: str) -> None:
                              "Check the network, or the credentials if they could not be refreshed.")) from None
 
 
-def _check_s3(uri: str, key: str) -> None:
+def _check_s3(uri: str, key: str, reading: bool = False) -> None:
     _import("s3fs", uri)
     import botocore.session
     from botocore import exceptions as bexc
@@ -400,6 +443,8 @@ def _check_s3(uri: str, key: str) -> None:
             raise ConfigError(key, uri, f"Bucket {name} does not exist on {where}; create it (aws s3 mb s3://{name}) "
                               "or fix the URI.") from None
         if code in ("403", "AccessDenied", "Forbidden"):
+            if reading:
+                return
             raise ConfigError(key, uri, f"Access to bucket {name} denied; use credentials allowed to write to it.") from None
         raise ConfigError(key, uri, f"{where} answered {code} for bucket {name}.") from None
     except (bexc.EndpointConnectionError, bexc.ConnectTimeoutError, bexc.ReadTimeoutError) as exc:
@@ -434,7 +479,8 @@ def experiment_uris(cfg: ExperimentConfig) -> Dict[str, str]:
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Check every remote URI of ``cfg`` (:func:`check_access`), once per bucket, before anything runs."""
+    """Check every remote URI of ``cfg`` (:func:`check_access`), once per bucket, before anything runs; list the
+    shards a streaming source reads from a bucket (:func:`orchestrator.config.streams.check_remote`)."""
     checked = set()
     for key, uri in experiment_uris(cfg).items():
         where = (_scheme(uri), bucket(uri))
@@ -442,3 +488,6 @@ def preflight(cfg: ExperimentConfig) -> None:
             continue
         check_access(uri, key)
         checked.add(where)
+    from orchestrator.config.streams import check_remote
+
+    check_remote(cfg, glob=glob, read_text=read_text, check_access=check_access)  # shards read from a bucket

@@ -4,8 +4,9 @@ A streaming source is three file patterns (``data.train``, ``data.validation``, 
 a feature spec and a label key. This module resolves them into a :class:`StreamSpec` (merging the
 ``spec.json`` that ``tfscale data convert`` writes beside its shards), picks the shard policy for a
 number of input pipelines, and checks all of it before TensorFlow is imported. Patterns are expanded
-with :func:`glob.glob` here, so only local patterns are checked; URIs (``gs://``, ``s3://``) are expanded
-by ``tf.io.gfile.glob`` in the task and their checks happen there.
+with :func:`glob.glob` here, so only local patterns are matched before TensorFlow is imported; of a URI
+(``gs://``, ``s3://``) only the syntax is checked here (validation stays offline), and
+:func:`check_remote` lists it through the storage layer in the storage preflight, before anything runs.
 
 Shard policy (``data.shard_policy``):
 
@@ -40,6 +41,34 @@ def is_streaming(d: DataConfig) -> bool:
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
+
+
+#: Object stores shards are read from (through tfscale's storage layer, not TensorFlow's filesystems).
+REMOTE_SCHEMES = ("gs", "gcs", "s3")
+
+
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is an object-store URI (``file://`` is a local path)."""
+    return is_uri(path) and str(path).split("://", 1)[0].lower() != "file"
+
+
+def check_uri(key: str, uri: str) -> None:
+    """The syntax of a shard pattern or spec URI (offline): a known scheme, a bucket without wildcards, a path."""
+    if not is_remote(uri):
+        return
+    scheme, rest = str(uri).split("://", 1)
+    scheme = scheme.lower()
+    if scheme not in REMOTE_SCHEMES:
+        raise ConfigError(key, uri, f"Shards are read from local paths and {', '.join(s + '://' for s in REMOTE_SCHEMES)} URIs; "
+                          "use one of those (copy the files to a bucket or a local disk).")
+    name, _, path = rest.partition("/")
+    if not name:
+        raise ConfigError(key, uri, f"A {scheme}:// URI needs a bucket, e.g. {scheme}://my-bucket/shards/train-*.tfrecord.")
+    if any(c in name for c in "*?[]"):
+        raise ConfigError(key, uri, f"The bucket name cannot hold a wildcard: name the bucket and put the glob in the file "
+                          f"names, e.g. {scheme}://my-bucket/shards/train-*.tfrecord.")
+    if not path.strip("/"):
+        raise ConfigError(key, uri, f"Name the files inside the bucket, e.g. {scheme}://{name}/shards/train-*.tfrecord.")
 
 
 @dataclass(frozen=True)
@@ -211,59 +240,137 @@ def csv_header(path: str) -> List[str]:
 
 
 def check(d: DataConfig) -> Optional[StreamSpec]:
-    """Check a streaming ``data`` config (local files only); returns the resolved spec, None if not streaming."""
+    """Check a streaming ``data`` config offline (local files matched, URIs' syntax); the resolved spec, None if
+    not streaming or if the spec lives behind a URI (:func:`check_remote` reads it in the storage preflight)."""
     if not is_streaming(d):
         return None
     if d.format != "auto" and str(d.format) != STREAM_FORMATS[d.name]:
         raise ConfigError("data.format", d.format, f"data={d.name} reads {STREAM_FORMATS[d.name]} shards: leave data.format=auto.")
+    if d.spec:
+        check_uri("data.spec", str(d.spec))
+    for split in SPLITS:
+        if getattr(d, split):
+            check_uri(f"data.{split}", str(getattr(d, split)))
+    if d.train_records is not None and d.train_records < 1:
+        raise ConfigError("data.train_records", d.train_records, "Give the number of training records, or null to count them once.")
+    if d.adapt_batches < 1:
+        raise ConfigError("data.adapt_batches", d.adapt_batches, "The model's rescaling adapts on the first batches of the stream: use at least 1.")
     if d.spec and not is_uri(d.spec):
         where = d.spec if str(d.spec).endswith(".json") else os.path.join(d.spec, SPEC_FILE)
         if not os.path.exists(where):
             raise ConfigError("data.spec", d.spec, f"No such file (looked for {os.path.abspath(where)}). Give the spec.json "
                               "`tfscale data convert` wrote (or its directory), or set data.spec=null.")
-    spec = resolve(d) if not (d.spec and is_uri(d.spec)) else None
-    if spec is None:
-        return None  # the spec lives behind a URI: the task reads and checks it
-    for split in ("train", "validation"):
-        if not spec.patterns.get(split):
-            raise ConfigError(f"data.{split}", None, f"data={d.name} reads the {split} split from files: set data.{split} to a "
-                              f"file pattern, e.g. data.{split}='shards/{split}-*.{'tfrecord' if spec.format == 'tfrecord' else 'csv'}', "
-                              "or data.spec to the spec.json of a converted dataset.")
+    if d.spec and is_uri(d.spec):
+        return None  # the spec lives behind a URI: the storage preflight reads and checks it
+    spec = resolve(d)
+    _check_splits(d, spec)
     for split in SPLITS:
         pattern = spec.patterns.get(split)
         if pattern and not is_uri(pattern) and not expand(pattern):
             raise ConfigError(f"data.{split}", pattern, f"The pattern matches no file (looked in {os.path.abspath(os.path.dirname(pattern) or '.')}). "
                               "Check the path and the glob; relative paths are relative to the directory you run tfscale from.")
-    if spec.format == "tfrecord" and not spec.features:
-        raise ConfigError("data.feature_shape", d.feature_shape, "TFRecord examples need their features declared: set "
-                          "data.features_key and data.feature_shape (e.g. [64]), data.features, or data.spec.")
     if spec.format == "csv" and not is_uri(spec.patterns["train"]):
         header = csv_header(expand(spec.patterns["train"])[0])
         missing = [c for c in [spec.label_key, *(f.name for f in spec.features)] if c not in header]
         if missing:
             key = "data.label_key" if spec.label_key in missing else "data.features"
             raise ConfigError(key, missing[0], f"The CSV shards have columns {header}; name one of them.")
-    if spec.num_classes is None:
-        raise ConfigError("data.num_classes", None, "A streamed dataset is not scanned for its labels: declare the number of "
-                          "classes, e.g. data.num_classes=10 (or use data.spec, which records it).")
-    if d.train_records is not None and d.train_records < 1:
-        raise ConfigError("data.train_records", d.train_records, "Give the number of training records, or null to count them once.")
-    if d.adapt_batches < 1:
-        raise ConfigError("data.adapt_batches", d.adapt_batches, "The model's rescaling adapts on the first batches of the stream: use at least 1.")
+    check_resolved(d, spec)
     return spec
 
 
+def check_resolved(d: DataConfig, spec: StreamSpec) -> None:
+    """What a resolved source must declare, wherever its spec came from: training and validation files, the
+    TFRecord features, the class count; and the syntax of the URIs a spec file names."""
+    _check_splits(d, spec)
+    if spec.format == "tfrecord" and not spec.features:
+        raise ConfigError("data.feature_shape", d.feature_shape, "TFRecord examples need their features declared: set "
+                          "data.features_key and data.feature_shape (e.g. [64]), data.features, or data.spec.")
+    if spec.num_classes is None:
+        raise ConfigError("data.num_classes", None, "A streamed dataset is not scanned for its labels: declare the number of "
+                          "classes, e.g. data.num_classes=10 (or use data.spec, which records it).")
+
+
+def _check_splits(d: DataConfig, spec: StreamSpec) -> None:
+    for split in ("train", "validation"):
+        if not spec.patterns.get(split):
+            raise ConfigError(f"data.{split}", None, f"data={d.name} reads the {split} split from files: set data.{split} to a "
+                              f"file pattern, e.g. data.{split}='shards/{split}-*.{'tfrecord' if spec.format == 'tfrecord' else 'csv'}', "
+                              "or data.spec to the spec.json of a converted dataset.")
+    for split in SPLITS:
+        if spec.patterns.get(split):
+            check_uri(f"data.{split}", str(spec.patterns[split]))
+
+
+def reads_remote(d: DataConfig) -> bool:
+    """Whether a streaming source reads shards from an object store (a spec behind a URI counts), known offline."""
+    if not is_streaming(d):
+        return False
+    if d.spec and is_remote(d.spec):
+        return True
+    return any(p and is_remote(p) for p in resolve(d).patterns.values())
+
+
 def check_workers(cfg: ExperimentConfig) -> None:
-    """Check the shard policy against the number of input pipelines (local training files only)."""
+    """Check the source against the strategy: ParameterServer reads no object store; the file shard policy has a
+    file per input pipeline (local training files; :func:`check_remote` counts remote ones)."""
     d = cfg.data
-    if not is_streaming(d) or d.shard_policy != ShardPolicy.file or (d.spec and is_uri(d.spec)):
+    if not is_streaming(d):
         return
-    pipelines = input_pipelines(cfg)
+    if cfg.strategy.name == StrategyName.parameter_server and reads_remote(d):
+        key, value = ("data.spec", d.spec) if d.spec and is_remote(d.spec) else ("data.train", resolve(d).patterns.get("train"))
+        raise ConfigError(key, value, "strategy=parameter_server builds its workers' input pipelines from one function traced "
+                          "on the coordinator, where the reader of shards in a bucket (Python, through tfscale's storage "
+                          "layer) cannot run: use strategy=multi_worker_mirrored, or shards on a path every worker can read.")
+    if d.shard_policy != ShardPolicy.file or (d.spec and is_uri(d.spec)):
+        return
     pattern = resolve(d).patterns.get("train")
-    if pipelines <= 1 or not pattern or is_uri(pattern):
+    if not pattern or is_uri(pattern):
         return
-    files = len(expand(pattern))
-    if files < pipelines:
+    _check_files_per_pipeline(cfg, pattern, len(expand(pattern)))
+
+
+def _check_files_per_pipeline(cfg: ExperimentConfig, pattern: str, files: int) -> None:
+    pipelines = input_pipelines(cfg)
+    if cfg.data.shard_policy == ShardPolicy.file and pipelines > 1 and files < pipelines:
         raise ConfigError("data.shard_policy", "file", f"data.train={pattern!r} matches {files} file(s) but {pipelines} input "
                           f"pipelines ({cfg.strategy.name}) each need their own; write at least {pipelines} shards "
                           f"(tfscale data convert --shards {pipelines}) or use data.shard_policy=auto (or data).")
+
+
+def check_remote(cfg: ExperimentConfig, *, glob: Callable[[str], List[str]], read_text: Callable[[str], str],
+                 check_access: Callable[..., None]) -> None:
+    """The storage preflight of a source in a bucket (network; the storage layer passes its functions in).
+
+    Reads a ``data.spec`` behind a URI and checks what :func:`check` could not; lists every remote pattern
+    (``glob``): one that matches nothing is a ConfigError naming it, and so is ``data.shard_policy=file``
+    with fewer training files than input pipelines.
+    """
+    d = cfg.data
+    if not reads_remote(d):
+        return
+    if d.spec and is_remote(d.spec):
+        check_access(str(d.spec), "data.spec", reading=True)
+        spec = resolve(d, read_text=read_text)
+        check_resolved(d, spec)
+    else:
+        spec = resolve(d)
+    reached = set()
+    for split in SPLITS:
+        pattern, key = spec.patterns.get(split), f"data.{split}"
+        if not pattern or not is_remote(pattern):
+            continue
+        store = tuple(pattern.split("/", 3)[:3])  # (scheme:, '', bucket)
+        if store not in reached:
+            check_access(pattern, key, reading=True)
+            reached.add(store)
+        try:
+            files = glob(pattern)
+        except Exception as exc:  # gcsfs / s3fs / botocore errors: permissions, a prefix we may not list, ...
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(key, pattern, f"Cannot list it ({first}). Check the URI and that the credentials may list the bucket.") from None
+        if not files:
+            raise ConfigError(key, pattern, "The pattern matches no object in the bucket. Check the prefix and the glob, e.g. "
+                              "gs://my-bucket/shards/train-*.tfrecord (tfscale data convert --output gs://... writes them).")
+        if split == "train":
+            _check_files_per_pipeline(cfg, pattern, len(files))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -148,18 +148,20 @@ def spec_document(*, fmt: str, feature_shape: Sequence[int], features_key: str, 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_dataset(output: Path, arrays: Dict[str, Tuple[np.ndarray, np.ndarray]], *, shards: int, eval_shards: int,
+def write_dataset(output: Union[str, Path], arrays: Dict[str, Tuple[np.ndarray, np.ndarray]], *, shards: int, eval_shards: int,
                   fmt: str, features_key: str, label_key: str, num_classes: int, scale: Optional[float], source: str,
-                  seed: int, columns: Optional[Sequence[str]] = None) -> Path:
-    """Publish ``output``: every non-empty split of ``arrays`` as shards, and ``spec.json``.
+                  seed: int, columns: Optional[Sequence[str]] = None) -> Union[str, Path]:
+    """Publish ``output`` (a local path or a bucket URI): every non-empty split of ``arrays`` as shards, and ``spec.json``.
 
-    ``output`` must not exist; it appears complete (a renamed temporary directory) or not at all.
+    ``output`` must not exist; it appears complete (a renamed temporary directory; in a bucket, uploaded
+    with ``spec.json`` last) or not at all.
     """
+    from orchestrator.artifacts import storage
     from orchestrator.artifacts.publish import publish_directory
 
-    output = Path(output)
-    if output.exists():
+    if storage.exists(output):
         raise FileExistsError(str(output))
+    parent, name = storage.split(output)
     feature_shape = next(iter(arrays.values()))[0].shape[1:]
 
     def write(tmp: Path) -> None:
@@ -172,7 +174,7 @@ def write_dataset(output: Path, arrays: Dict[str, Tuple[np.ndarray, np.ndarray]]
                             num_classes=num_classes, scale=scale, splits=entries, source=source, seed=seed)
         (tmp / SPEC_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
-    return publish_directory(output.parent, write, name=output.name)
+    return publish_directory(parent if storage.is_remote(output) else Path(parent), write, name=name)
 
 
 # ------------------------------------------------------------------------------------------ synthetic data

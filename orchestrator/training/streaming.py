@@ -14,6 +14,12 @@ the converter's ``spec.json``) or counted once and cached beside the run records
 Sharding is done here, through the ``tf.distribute.InputContext`` every strategy hands the dataset
 function (``DatasetCreator`` under every strategy), and tf.data's own auto-sharding is switched off, so
 the file list recorded for each pipeline is exactly what it reads.
+
+Local files are read by tf.data's own readers (``TFRecordDataset``, ``TextLineDataset``). Files in a bucket
+(``gs://``, ``s3://``) are listed and read through tfscale's storage layer, which reaches GCS emulators and
+S3 where TensorFlow's filesystems do not: each file is one ``Dataset.from_generator`` streaming its records
+a chunk at a time (:mod:`orchestrator.training.records`, checksums verified), inside the same interleave;
+shuffling, batching, parsing and prefetch are the same tf.data steps as for local files.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from orchestrator.artifacts import storage
 from orchestrator.config.schema import DataConfig, ExperimentConfig, ShardPolicy
 from orchestrator.config.streams import Feature, StreamSpec, choose_policy, resolve, shard_files
 from orchestrator.errors import ConfigError, TaskFailedError
@@ -35,9 +42,10 @@ COUNTS_FILE = "record_counts.json"
 
 # ------------------------------------------------------------------------------------------ files
 def list_files(tf: Any, pattern: str, key: str) -> List[str]:
-    """The files ``pattern`` matches (local glob or URI), sorted; a ConfigError naming ``key`` if none."""
+    """The files ``pattern`` matches (local glob, or a bucket's listed by the storage layer), sorted; a
+    ConfigError naming ``key`` if none."""
     try:
-        files = sorted(tf.io.gfile.glob(pattern))
+        files = storage.glob(pattern) if storage.is_remote(pattern) else sorted(tf.io.gfile.glob(pattern))
     except Exception as exc:  # a URI scheme without a filesystem, a bucket we cannot list, ...
         raise ConfigError(key, pattern, f"Cannot list the files it names ({exc}).") from exc
     if not files:
@@ -47,15 +55,54 @@ def list_files(tf: Any, pattern: str, key: str) -> List[str]:
 
 def csv_columns(tf: Any, path: str) -> List[str]:
     """Column names from the header line of a CSV shard."""
-    with tf.io.gfile.GFile(path, "r") as f:
-        return [c.strip() for c in f.readline().strip().split(",")]
+    if storage.is_remote(path):
+        from orchestrator.training.records import line_chunks
+
+        with storage.open_stream(path) as f:
+            header = next(iter(line_chunks(f, chunk_bytes=1 << 16)), [b""])[0].decode("utf-8")
+    else:
+        with tf.io.gfile.GFile(path, "r") as f:
+            header = f.readline()
+    return [c.strip() for c in header.strip().split(",")]
 
 
-def reader(tf: Any, fmt: str) -> Callable[[Any], Any]:
-    """A function from a file name to the dataset of its raw records (serialized Examples or CSV lines)."""
-    if fmt == "csv":
-        return lambda path: tf.data.TextLineDataset(path, buffer_size=READ_BUFFER_BYTES).skip(1)
-    return lambda path: tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+def reader(tf: Any, fmt: str, *, remote: bool = False, on_open: Optional[Callable[[str], None]] = None) -> Callable[[Any], Any]:
+    """A function from a file name to the dataset of its raw records (serialized Examples or CSV lines, header skipped).
+
+    ``remote``: the files are in a bucket and are streamed through the storage layer, ``on_open(uri)`` called
+    as each is opened.
+    """
+    if not remote:
+        if fmt == "csv":
+            return lambda path: tf.data.TextLineDataset(path, buffer_size=READ_BUFFER_BYTES).skip(1)
+        return lambda path: tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+    from orchestrator.training.records import line_chunks, tfrecord_chunks
+
+    def chunks(path: bytes) -> Iterator[List[bytes]]:
+        uri = path.decode("utf-8")
+        if on_open is not None:
+            on_open(uri)
+        with storage.open_stream(uri) as f:
+            yield from (line_chunks(f, skip=1) if fmt == "csv" else tfrecord_chunks(f, uri))
+
+    # One generator per file, yielding the records of each chunk read: unbatch (in C++) makes them single
+    # records again, in file order, so the interleave sees what TFRecordDataset would give.
+    signature = tf.TensorSpec([None], tf.string)
+    return lambda path: tf.data.Dataset.from_generator(chunks, args=(path,), output_signature=signature).unbatch()
+
+
+def count_streamed(files: Sequence[str], fmt: str) -> List[int]:
+    """Records in each file of a bucket, read through the storage layer (a few files at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator.training.records import count_lines, count_tfrecords
+
+    def count(uri: str) -> int:
+        with storage.open_stream(uri) as f:
+            return count_lines(f, skip=1) if fmt == "csv" else count_tfrecords(f, uri)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(files)))) as pool:
+        return list(pool.map(count, files))
 
 
 def csv_features(spec: StreamSpec, columns: Sequence[str]) -> Tuple[Feature, ...]:
@@ -166,14 +213,19 @@ def count_records(tf: Any, files: Sequence[str], read: Callable) -> List[int]:
 
 
 def _file_key(tf: Any, path: str) -> str:
+    if storage.is_remote(path):
+        size, mtime = storage.stat(path)
+        return f"{path}|{size}|{mtime}"
     st = tf.io.gfile.stat(path)
     return f"{path}|{st.length}|{st.mtime_nsec}"
 
 
-def cached_count(tf: Any, files: Sequence[str], read: Callable, cache: Optional[Path]) -> Tuple[int, bool]:
+def cached_count(tf: Any, files: Sequence[str], read: Callable, cache: Optional[Path], *,
+                 count: Optional[Callable[[Sequence[str]], List[int]]] = None) -> Tuple[int, bool]:
     """Total records in ``files`` and whether it came from ``cache`` (a JSON of counts keyed by path, size, mtime).
 
-    Files whose size or modification time changed are counted again; the cache is rewritten atomically.
+    Files whose size or modification time changed are counted again (by ``count``, else by reading them
+    with ``read`` in tf.data); the cache is rewritten atomically.
     """
     keys = [_file_key(tf, f) for f in files]
     known: Dict[str, int] = {}
@@ -182,10 +234,11 @@ def cached_count(tf: Any, files: Sequence[str], read: Callable, cache: Optional[
             known = json.loads(cache.read_text())
         except ValueError:
             known = {}
-    todo = [f for f, k in zip(files, keys) if k not in known]
+    todo = [(f, k) for f, k in zip(files, keys) if k not in known]
     if todo:
-        for f, n in zip(todo, count_records(tf, todo, read)):
-            known[_file_key(tf, f)] = n
+        paths = [f for f, _ in todo]
+        for (_, k), n in zip(todo, count(paths) if count is not None else count_records(tf, paths, read)):
+            known[k] = n
         if cache is not None:
             from orchestrator.artifacts.publish import write_json
 
@@ -260,6 +313,8 @@ class StreamingSource:
         self.seed = int(seed)
 
         def read_text(path: str) -> str:
+            if storage.is_remote(path):
+                return storage.read_text(path)
             with tf.io.gfile.GFile(path, "r") as f:
                 return f.read()
 
@@ -268,7 +323,9 @@ class StreamingSource:
             if not self.spec.patterns.get(split):
                 raise ConfigError(f"data.{split}", None, f"Set data.{split} to a file pattern (or data.spec to a converted dataset's spec.json).")
         self.files: Dict[str, List[str]] = {s: list_files(tf, p, f"data.{s}") for s, p in self.spec.patterns.items() if p}
-        self.read = reader(tf, self.spec.format)
+        self.remote = {s: storage.is_remote(f[0]) for s, f in self.files.items()}  # a bucket's files: the storage layer reads them
+        self.readers = {s: reader(tf, self.spec.format, remote=r) for s, r in self.remote.items()}
+        self.read = self.readers["train"]
         columns = csv_columns(tf, self.files["train"][0]) if self.spec.format == "csv" else None
         if columns is not None:
             missing = [c for c in [self.spec.label_key, *(f.name for f in self.spec.features)] if c not in columns]
@@ -288,7 +345,8 @@ class StreamingSource:
         self.records_counted = declared is None
         self.count_cached = False
         if declared is None:
-            declared, self.count_cached = cached_count(tf, self.files["train"], self.read, count_cache)
+            count = (lambda files: count_streamed(files, self.spec.format)) if self.remote["train"] else None
+            declared, self.count_cached = cached_count(tf, self.files["train"], self.read, count_cache, count=count)
             log.info("counted %d training records in %d files%s", declared, len(self.files["train"]),
                      " (cached)" if self.count_cached else "")
         if declared < 1:
@@ -311,11 +369,11 @@ class StreamingSource:
 
     # ---------------------------------------------------------------------------------- datasets
     def train(self, batch_size: int, *, pipelines: int = 1, index: Any = 0, policy: Optional[ShardPolicy] = None,
-              seed: Optional[int] = None) -> Any:
-        """The repeated training stream of one input pipeline."""
+              seed: Optional[int] = None, read: Optional[Callable[[Any], Any]] = None) -> Any:
+        """The repeated training stream of one input pipeline (``read``: its own reader, else the source's)."""
         d = self.data
         policy = policy or self.policy(pipelines)[0]
-        return train_dataset(self.tf, self.files["train"], self.read, self.parse, batch_size=batch_size,
+        return train_dataset(self.tf, self.files["train"], read or self.read, self.parse, batch_size=batch_size,
                              seed=self.seed if seed is None else seed, shuffle_buffer=int(d.shuffle_buffer),
                              pipelines=pipelines, index=index, policy=policy, read_parallelism=int(d.read_parallelism),
                              prefetch=int(d.prefetch))
@@ -324,7 +382,7 @@ class StreamingSource:
         """One pass over a split's files (``validation`` or ``test``), None if the split has no files."""
         if split not in self.files:
             return None
-        return eval_dataset(self.tf, self.files[split], self.read, self.parse, batch_size=int(batch_size or self.batch_size),
+        return eval_dataset(self.tf, self.files[split], self.readers[split], self.parse, batch_size=int(batch_size or self.batch_size),
                             read_parallelism=int(self.data.read_parallelism))
 
     def policy(self, pipelines: int) -> Tuple[ShardPolicy, str]:
@@ -355,10 +413,31 @@ class StreamingSource:
             mine = shard_files(self.files["train"], n, i, policy)
             log.info("input pipeline %d of %d: shard policy %s (%s); reads %d of %d training files: %s",
                      i, n, policy.value, why, len(mine), len(self.files["train"]), ", ".join(Path(f).name for f in mine))
-            self.pipelines_built.append({"pipeline": i, "pipelines": n, "policy": policy.value, "files": mine})
-            return self.train(batch, pipelines=n, index=i, policy=policy)
+            built: Dict[str, Any] = {"pipeline": i, "pipelines": n, "policy": policy.value, "files": mine}
+            self.pipelines_built.append(built)
+            return self.train(batch, pipelines=n, index=i, policy=policy, read=self._recording_reader(built, f"input pipeline {i} of {n}"))
 
         return build
+
+    def _recording_reader(self, built: Dict[str, Any], who: str) -> Optional[Callable[[Any], Any]]:
+        """For training files in a bucket: a reader that records (in ``built["streamed"]``) and logs, once
+        each, the files this pipeline opens — what it really read, next to what it was given."""
+        if not self.remote["train"]:
+            return None
+        import threading
+
+        streamed: List[str] = []
+        built["streamed"] = streamed
+        lock = threading.Lock()
+
+        def opened(uri: str) -> None:
+            with lock:
+                if uri in streamed:
+                    return
+                streamed.append(uri)
+            log.info("%s: streaming %s through the storage layer", who, uri)
+
+        return reader(self.tf, self.spec.format, remote=True, on_open=opened)
 
     def train_input(self, keras: Any, global_batch: int, *, workers_at_run_time: int = 0) -> Tuple[Any, int]:
         """What ``fit`` takes: a ``DatasetCreator`` (every strategy) and the steps of one epoch."""
@@ -405,7 +484,8 @@ class StreamingSource:
                 "train_records_from": ("count (cached)" if self.count_cached else "count") if self.records_counted else "declared",
                 "scale": self.scale, "adapt_batches": int(self.data.adapt_batches),
                 "features": [{"name": f.name, "shape": list(f.shape), "dtype": f.dtype} for f in self.features],
-                "label_key": self.spec.label_key, "evaluated_on": self.evaluation_split}
+                "label_key": self.spec.label_key, "evaluated_on": self.evaluation_split,
+                "read_through": {s: "storage layer" if r else "tf.data" for s, r in self.remote.items()}}
 
 
 # ------------------------------------------------------------------------------------------ the task's view

@@ -7,6 +7,8 @@ launcher gives. The integration suites start real ``@hydra.main`` scripts with `
 """
 from __future__ import annotations
 
+import copy
+
 import threading
 import time
 from pathlib import Path
@@ -27,13 +29,24 @@ def _integration_cfg(launcher: str) -> dict:
                          {"override hydra/job_logging": "disabled"}]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_hydra_version_base():
-    """Hydra's suites expect its default version base (1.1 semantics: a job changes into its directory); other
-    tests in this process composed with version_base="1.3", which Hydra keeps in a process-wide singleton."""
-    from hydra.version import VersionBase
+def _pristine_singletons():
+    from hydra.core.singleton import Singleton
 
-    VersionBase.set_instance(VersionBase())
+    return copy.deepcopy(Singleton.get_state())
+
+
+# Taken when this module is imported (at collection, before any test ran).
+_PRISTINE_SINGLETONS = _pristine_singletons()
+
+
+@pytest.fixture(autouse=True)
+def pristine_hydra_singletons():
+    """Hydra's suites expect Hydra's process state as a fresh process has it (version base 1.1 semantics: a job
+    changes into its directory); other tests in this process composed tfscale's config with version_base="1.3",
+    which Hydra keeps in process-wide singletons."""
+    from hydra.core.singleton import Singleton
+
+    Singleton.set_state(copy.deepcopy(_PRISTINE_SINGLETONS))
     yield
 
 

@@ -41,7 +41,7 @@ class LocalBackend(Backend):
                 task = None
         if task is None:
             task = warm_task.spawn(cfg, run_dir)
-        return task.run(cfg, run_dir, _overrides(), _logging_config())
+        return task.run(cfg, run_dir, _overrides(), _logging_config(), record_uri=run_uri)
 
 
 def _logging_config() -> Optional[dict]:

@@ -183,8 +183,12 @@ class TaskProcess:
                 return f"{key} changed after the task process imported TensorFlow"
         return None
 
-    def run(self, cfg: ExperimentConfig, run_dir: Any, overrides: List[str], logging_config: Optional[dict]) -> Dict[str, Any]:
-        """Train ``cfg`` in the task process; returns its metrics or re-raises its error."""
+    def run(self, cfg: ExperimentConfig, run_dir: Any, overrides: List[str], logging_config: Optional[dict],
+            record_uri: Optional[str] = None) -> Dict[str, Any]:
+        """Train ``cfg`` in the task process; returns its metrics or re-raises its error.
+
+        ``record_uri``: where the run record ends up when the caller uploads ``run_dir`` there afterwards
+        (``runs_dir=gs://...``); a published version names it, not the local scratch directory."""
         from orchestrator.training.task import load_run_config
 
         # Typed and resolved here, while the child is still importing TensorFlow: the forked child starts
@@ -192,7 +196,7 @@ class TaskProcess:
         try:
             typed = load_run_config(run_dir)
             job = {"cfg": typed if self.forked else None, "splits": _preload_data(typed), "run_dir": str(run_dir),
-                   "overrides": list(overrides), "logging": logging_config,
+                   "overrides": list(overrides), "logging": logging_config, "record_uri": record_uri,
                    "env": dict(os.environ) if self.forked else self._env, "argv": list(sys.argv), "cwd": os.getcwd()}
             sys.stdout.flush()
             sys.stderr.flush()
@@ -384,7 +388,8 @@ def _run_job(job: Dict[str, Any], wfd: int) -> int:
 
         run_dir = Path(job["run_dir"])
         cfg = job["cfg"] if job["cfg"] is not None else load_run_config(run_dir)
-        metrics = run_training(cfg, run_dir, overrides=job["overrides"], splits=job["splits"])
+        metrics = run_training(cfg, run_dir, overrides=job["overrides"], splits=job["splits"],
+                               record_uri=job.get("record_uri"))
         reply, code = ("ok", metrics), 0
     except TfscaleError as exc:
         reply = ("error", {"message": str(exc), "exit_code": exc.exit_code, "type": type(exc).__name__})

@@ -124,13 +124,14 @@ def _evaluate(model: Any, ds: Any, n: int) -> Dict[str, float]:
 
 
 def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[list] = None, splits: Any = None,
-                 run_uri: Optional[str] = None) -> Dict[str, Any]:
+                 run_uri: Optional[str] = None, record_uri: Optional[str] = None) -> Dict[str, Any]:
     """Train, evaluate, export and record one task of ``cfg``; returns the metrics written to metrics.json.
 
     ``splits``: the data, when the caller already loaded it with ``load_splits(cfg.data)``. ``run_uri``: the
     run directory in a bucket when ``run_dir`` is this machine's scratch copy of it (a task on a Ray node);
     the backup and TensorBoard logs are then mirrored below it (see :mod:`orchestrator.training.mirrors`,
-    which also applies Vertex's ``AIP_*`` directories).
+    which also applies Vertex's ``AIP_*`` directories). ``record_uri``: where the caller uploads the run record
+    once the task is done (a local run with ``runs_dir=gs://...``); the published version names it.
     """
     from orchestrator import deploy
     from orchestrator.artifacts import quantization
@@ -242,7 +243,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     conversion = quantization.convert_and_gate(cfg, model, splits, run_dir) if identity.is_chief else None
     if identity.is_chief and cfg.export.enabled:
         version_dir = export_version(tf, model, cfg, splits.input_shape, {
-            "run_dir": run_uri or str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
+            "run_dir": run_uri or record_uri or str(run_dir.resolve()), "git": record["git"], "overrides": overrides or [],
             "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "test": metrics["test"]})
         metrics["model_version"] = str(version_dir)
         if mirrors.model:  # inside a Vertex job: where Vertex (and a model upload from the job) looks for it

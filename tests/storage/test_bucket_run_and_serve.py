@@ -36,6 +36,9 @@ def test_run_into_a_bucket_then_serve_it_and_pick_up_a_new_version(gcs, tmp_path
     metrics = json.loads(storage.read_text(f"{run_uri}/metrics.json"))
     assert metrics["model_version"] == f"{gcs}/models/{MODEL}/0001"
     assert publish.existing_versions(f"{gcs}/models/{MODEL}") == [1]
+    # The version points back at its run record in the bucket, not at the machine's scratch copy.
+    version_record = json.loads(storage.read_text(f"{gcs}/models/{MODEL}/0001/assets.extra/tfscale.json"))
+    assert version_record["run_dir"] == run_uri
 
     ready = tmp_path / "ready.json"
     log = open(tmp_path / "server.log", "wb")

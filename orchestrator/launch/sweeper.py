@@ -278,8 +278,12 @@ class StudySweeper(Sweeper):
         if best is not None:
             print(f"[study] best trial {best.id}: {spec.metric.tag}={best.objective:.6g}  "
                   f"{' '.join(best.overrides())}", flush=True)
-        print(f"[study] results: {', '.join(str(p) for p in paths.values())}", flush=True)
+        print(f"[study] results: {study_uri or ', '.join(str(p) for p in paths.values())}", flush=True)
         study.close()
+        if study_uri is not None:  # everything is in the bucket now: the local scratch copy goes
+            import shutil
+
+            shutil.rmtree(sweep_dir, ignore_errors=True)
         return returns
 
     # -- a study kept in a bucket ------------------------------------------------------------------------

@@ -69,6 +69,12 @@ class ServingConfig:
     allow_nonfinite: bool = False  # accept NaN / Inf in float inputs
     max_body_bytes: int = 16 * 1024 * 1024  # larger REST bodies get 413
     grpc_max_workers: int = 4  # Python threads share one interpreter lock: few workers serve more on few cores
+    max_json_depth: int = 64  # REST bodies nested deeper get 400 (checked before JSON decoding)
+    max_request_elements: int = 16 * 1024 * 1024  # values in one request (REST JSON or gRPC tensors); more get 400
+    max_request_bytes: int = 256 * 1024 * 1024  # decoded gRPC tensor bytes per request; more get INVALID_ARGUMENT
+    rest_max_workers: int = 32  # REST handler threads; further connections wait in the accept queue
+    rest_read_timeout_s: float = 10.0  # a REST client silent this long while sending headers/body is disconnected
+    max_inflight_requests: int = 64  # predict requests in progress at once; more get 429 / RESOURCE_EXHAUSTED
     warmup: bool = True  # one call on each new version before it takes traffic
     ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
     log_level: str = "INFO"
@@ -162,6 +168,10 @@ def check_serving(s: ServingConfig, key: str = "serving") -> None:
         raise ConfigError(f"{key}.max_body_bytes", s.max_body_bytes, "Use at least 1024 bytes.")
     if s.grpc_max_workers < 1:
         raise ConfigError(f"{key}.grpc_max_workers", s.grpc_max_workers, "Use at least 1 worker thread.")
+    for name in ("max_json_depth", "max_request_elements", "max_request_bytes", "rest_max_workers",
+                 "max_inflight_requests", "rest_read_timeout_s"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"{key}.{name}", getattr(s, name), "Use a positive number.")
     if s.model_name is not None and ("/" in s.model_name or s.model_name.startswith(".")):
         raise ConfigError(f"{key}.model_name", s.model_name, "Give the model's directory name under model_base, not a path.")
     check_version_policy(f"{key}.version_policy", s.version_policy)

@@ -57,6 +57,8 @@ def to_array(key: str, value: Any, spec: Any, allow_nonfinite: bool, where: str)
         if target.kind in "iu" and kind == "f":
             if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
                 raise invalid(f"{where}: input '{key}' is of type {spec.dtype.name}; got non-integer numbers")
+        if kind == "b" and target.kind != "b":  # JSON true/false would silently become 1.0/0.0
+            raise invalid(f"{where}: input '{key}' is of type {spec.dtype.name}; got bool values")
         if target.kind == "b" and kind != "b":
             raise invalid(f"{where}: input '{key}' is of type bool; got {raw.dtype.name} values")
         arr = raw.astype(target, copy=False)

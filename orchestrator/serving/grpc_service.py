@@ -10,6 +10,7 @@ import numpy as np
 
 from orchestrator.serving import codec
 from orchestrator.serving.config_files import entry_from_proto
+from orchestrator.serving.limits import InflightLimiter, check_tensor_proto
 from orchestrator.serving.manager import ModelManager
 from orchestrator.serving.status import ErrorCode, RequestError
 
@@ -47,8 +48,10 @@ def _abort(context: Any, err: RequestError) -> None:
     context.abort(err.code.grpc_code, err.message)
 
 
-def build_services(manager: ModelManager, allow_nonfinite: bool) -> Tuple[Any, Any]:
+def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optional[InflightLimiter] = None,
+                   max_request_elements: int = 1 << 24, max_request_bytes: int = 1 << 28) -> Tuple[Any, Any]:
     """The two servicer objects over ``manager``."""
+    inflight = inflight or InflightLimiter(64)
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
@@ -61,13 +64,28 @@ def build_services(manager: ModelManager, allow_nonfinite: bool) -> Tuple[Any, A
         def Predict(self, request, context):  # noqa: N802 - gRPC method names
             try:
                 name, version, label = _spec_of(request)
-                with manager.resolve(name, version, label) as lv:
+                with inflight, manager.resolve(name, version, label) as lv:
                     sig = lv.signature(request.model_spec.signature_name)
                     inputs: Dict[str, np.ndarray] = {}
+                    total = 0
                     for key, proto in request.inputs.items():
                         if key not in sig.inputs:
                             raise codec.invalid(f"input tensor alias not found in signature: {key}. Inputs expected to "
                                                 f"be in the set {{{','.join(sorted(sig.inputs))}}}.")
+                        want_dt = sig.inputs[key].dtype.as_datatype_enum
+                        if proto.dtype != want_dt:  # checked on the declaration, before anything is allocated
+                            raise codec.invalid(f"Expects arg[{key}] to be {sig.inputs[key].dtype.name} but "
+                                                f"{tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else 'DT_INVALID'} is provided")
+                        declared = [d.size for d in proto.tensor_shape.dim]
+                        spec_shape = sig.inputs[key].shape
+                        if spec_shape.rank is not None and (len(declared) != spec_shape.rank or any(
+                                w is not None and w != d for w, d in zip(spec_shape.as_list(), declared))):
+                            raise codec.invalid(f"PredictRequest: input '{key}' has shape {declared}; expected "
+                                                f"{codec._expected_shape(sig.inputs[key])}")
+                        total += check_tensor_proto(key, proto, max_request_elements, max_request_bytes)
+                        if total > max_request_elements:
+                            raise codec.invalid(f"PredictRequest: more than {max_request_elements} elements in all "
+                                                "inputs (serving.max_request_elements)")
                         try:
                             raw = tf.make_ndarray(proto)
                         except Exception as e:
@@ -146,12 +164,14 @@ def build_services(manager: ModelManager, allow_nonfinite: bool) -> Tuple[Any, A
 
 
 def start_grpc(manager: ModelManager, host: str, port: int, *, allow_nonfinite: bool, max_workers: int,
-               tls_cert: Optional[str] = None, tls_key: Optional[str] = None) -> Tuple[Any, int]:
+               tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+               inflight: Optional[InflightLimiter] = None, max_request_elements: int = 1 << 24,
+               max_request_bytes: int = 1 << 28) -> Tuple[Any, int]:
     """Start the gRPC server; returns ``(server, bound_port)``."""
     import grpc
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-    prediction, models = build_services(manager, allow_nonfinite)
+    prediction, models = build_services(manager, allow_nonfinite, inflight, max_request_elements, max_request_bytes)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                                   ("grpc.so_reuseport", 0)])

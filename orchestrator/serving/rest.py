@@ -2,8 +2,9 @@
 
 Routes: ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]`` (status), ``.../metadata``,
 ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``, and ``GET <prometheus path>`` (request counts).
-Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model/version/label/route),
-413 (body over ``max_body_bytes``) or 503 (batch queue full).
+Errors are ``{"error": "..."}`` with 400 (bad request, including a malformed version such as ``/versions/x``),
+404 (unknown model/version/label/route), 413 (body over ``max_body_bytes``), 429 (more than
+``max_inflight_requests`` in flight) or 503 (batch queue full).
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import json
 import logging
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 
 from orchestrator.serving.codec import decode_rest, encode_rest
+from orchestrator.serving.limits import InflightLimiter, check_json_limits
 from orchestrator.serving.manager import ModelManager
 from orchestrator.serving.status import ErrorCode, RequestError, invalid, not_found
 
@@ -28,7 +31,7 @@ _ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 def _version(text: Optional[str]) -> Optional[int]:
     if text is None:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit() also accepts '²', which int() refuses
         raise invalid(f"Version '{text}' in the URL is not a number; use /versions/<N> or /labels/<label>")
     return int(text)
 
@@ -80,6 +83,12 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: "RestServer"
 
+    def setup(self) -> None:
+        # A socket timeout bounds every read of the request line, headers and body: a client that stalls
+        # mid-request is disconnected instead of holding a worker thread forever.
+        self.timeout = self.server.read_timeout_s
+        super().setup()
+
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("rest %s - " + fmt, self.address_string(), *args)
 
@@ -128,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
+        if length_text is None or not (length_text.isascii() and length_text.isdigit()):
             self._error(RequestError(ErrorCode.INVALID_ARGUMENT, "A Content-Length header is required"), close=True)
             return
         length = int(length_text)
@@ -145,18 +154,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(RequestError(ErrorCode.RESOURCE_EXHAUSTED, f"Request body of {length} bytes exceeds the "
                                      f"limit of {self.server.max_body_bytes} (serving.max_body_bytes)"), close=True)
             return
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            self.close_connection = True  # the client stalled or vanished mid-body: nobody to answer
+            return
+        if len(raw) < length:
+            self.close_connection = True
+            return
         try:
             name, version, label, tail = self._route()
             if tail != ":predict":
                 if tail in (":classify", ":regress"):
                     raise RequestError(ErrorCode.UNIMPLEMENTED, f"{tail[1:]} is not supported by this server; use :predict")
                 raise invalid(f"POST needs :predict at the end of the URL, got {self.path}")
-            try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise invalid(f"JSON Parse error: {e}") from None
-            self._send(200, self.server.predict(name, version, label, body))
+            with self.server.inflight:
+                check_json_limits(raw, self.server.max_json_depth, self.server.max_request_elements)
+                try:
+                    body = json.loads(raw)
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                    raise invalid(f"JSON Parse error: {e}") from None
+                answer = self.server.predict(name, version, label, body)
+            self._send(200, answer)
             self.server.counters.add("predict", 200)
         except RequestError as e:
             self._error(e)
@@ -172,13 +191,50 @@ class RestServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, host: str, port: int, manager: ModelManager, *, allow_nonfinite: bool, max_body_bytes: int,
-                 metrics_path: str = "/monitoring/prometheus/metrics"):
+                 metrics_path: str = "/monitoring/prometheus/metrics", max_workers: int = 32,
+                 read_timeout_s: float = 10.0, max_json_depth: int = 64, max_request_elements: int = 1 << 24,
+                 inflight: Optional[InflightLimiter] = None):
         super().__init__((host, port), _Handler)
+        # A fixed pool instead of a thread per connection: connections past max_workers wait in the
+        # pool's queue (their sockets only), and read_timeout_s frees workers held by stalled clients.
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rest")
+        self._open: set = set()
+        self._open_lock = threading.Lock()
+        self.read_timeout_s = read_timeout_s
+        self.max_json_depth = max_json_depth
+        self.max_request_elements = max_request_elements
+        self.inflight = inflight or InflightLimiter(64)
         self.manager = manager
         self.allow_nonfinite = allow_nonfinite
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
         self.counters = Counters()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to the worker pool (ThreadingHTTPServer would start a thread for each)."""
+        self._pool.submit(self._serve_connection, request, client_address)
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+
+    def server_close(self) -> None:
+        """Close the listening socket and every open connection, so no worker waits out a keep-alive."""
+        import socket
+
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._open_lock:
+            for conn in list(self._open):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def predict(self, name: str, version: Optional[int], label: Optional[str], body: Any) -> Dict[str, Any]:
         """Answer one predict body."""

@@ -13,6 +13,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.artifacts import storage
 from orchestrator.artifacts.publish import write_text
 from orchestrator.serving.config_files import MODELS_CONFIG, read_models_config
+from orchestrator.serving.limits import InflightLimiter
 from orchestrator.serving.manager import ModelManager
 from orchestrator.serving.repository import ModelEntry, VersionPolicy, discover_models, version_dirs
 
@@ -99,6 +100,7 @@ class EmbeddedServer:
         self.settings = s
         entries, source = model_source(s)
         self.manager = ModelManager(entries, batching=s.batching, warmup=s.warmup, entries_source=source)
+        self.inflight = InflightLimiter(s.max_inflight_requests)  # shared: the cap covers REST and gRPC together
         self.rest = None
         self.grpc = None
         self.rest_port: Optional[int] = None
@@ -115,7 +117,9 @@ class EmbeddedServer:
         s = self.settings
         self.manager.poll_once()
         self.rest = RestServer(s.host, s.rest_port, self.manager, allow_nonfinite=s.allow_nonfinite,
-                               max_body_bytes=s.max_body_bytes)
+                               max_body_bytes=s.max_body_bytes, max_workers=s.rest_max_workers,
+                               read_timeout_s=s.rest_read_timeout_s, max_json_depth=s.max_json_depth,
+                               max_request_elements=s.max_request_elements, inflight=self.inflight)
         self.rest_port = self.rest.server_address[1]
         self._rest_thread = threading.Thread(target=self.rest.serve_forever, kwargs={"poll_interval": 0.2},
                                              name="rest", daemon=True)
@@ -123,7 +127,9 @@ class EmbeddedServer:
         if s.grpc_port >= 0:
             self.grpc, self.grpc_port = start_grpc(self.manager, s.host, s.grpc_port, allow_nonfinite=s.allow_nonfinite,
                                                    max_workers=s.grpc_max_workers, tls_cert=s.grpc_tls_cert,
-                                                   tls_key=s.grpc_tls_key)
+                                                   tls_key=s.grpc_tls_key, inflight=self.inflight,
+                                                   max_request_elements=s.max_request_elements,
+                                                   max_request_bytes=s.max_request_bytes)
         self.manager.start_polling(s.file_system_poll_wait_seconds)
         log.info("serving %s: REST http://%s:%s  gRPC %s:%s%s", ", ".join(self.manager.model_names()), s.host,
                  self.rest_port, s.host, self.grpc_port, " (TLS)" if s.grpc_tls_cert else "")

@@ -23,7 +23,10 @@ Use from a Hydra Sweeper (or any driver)::
 
 A relaunched sweep in the same directory with the same config continues the study: finished trials are
 kept, trials that were running when the driver died are suggested again with the same ids and parameters.
-A different config on the same directory raises :class:`StudyStoreError` listing the differences.
+A different config on the same directory raises :class:`StudyStoreError` listing the differences; a second
+live driver on it raises :class:`StudyLockedError` naming the first one's host and pid. A warm start feeds
+the completed trials of earlier studies to the designer:
+``Study(spec, sweep_dir, prior_trials=load_prior_trials(spec, earlier_dir).trials)``.
 """
 
 from tuners.algorithms import (
@@ -31,6 +34,7 @@ from tuners.algorithms import (
     Designer,
     GaussianProcessBandit,
     GridDesigner,
+    NSGA2Designer,
     QuasiRandomDesigner,
     RandomDesigner,
     TPEDesigner,
@@ -48,9 +52,11 @@ from tuners.early_stopping import (
 from tuners.errors import (
     AlgorithmUnavailableError,
     StudyFailedError,
+    StudyLockedError,
     StudySpecError,
     StudyStoreError,
     TunerError,
+    WarmStartError,
 )
 from tuners.metrics import (
     METRICS_ENV_VAR,
@@ -59,6 +65,7 @@ from tuners.metrics import (
     read_tb_scalar,
     report_metric,
 )
+from tuners.pareto import pareto_front
 from tuners.results import progress_line, write_results
 from tuners.study import Study
 from tuners.study_spec import (
@@ -76,6 +83,7 @@ from tuners.study_spec import (
     TrialStatus,
 )
 from tuners.study_store import StudyStore
+from tuners.warm_start import PriorStudy, load_prior_trials, search_space_differences
 
 __all__ = [
     "DESIGNERS",
@@ -92,9 +100,11 @@ __all__ = [
     "Measurement",
     "MedianStoppingRule",
     "MetricSpec",
+    "NSGA2Designer",
     "NoStoppingRule",
     "ParameterSpec",
     "ParameterType",
+    "PriorStudy",
     "QuasiRandomDesigner",
     "RandomDesigner",
     "ScaleType",
@@ -102,6 +112,7 @@ __all__ = [
     "StoppingRule",
     "Study",
     "StudyFailedError",
+    "StudyLockedError",
     "StudySpec",
     "StudySpecError",
     "StudyStore",
@@ -111,12 +122,16 @@ __all__ = [
     "TrialStatus",
     "TunerError",
     "VizierDesigner",
+    "WarmStartError",
     "list_tb_tags",
+    "load_prior_trials",
     "make_designer",
     "make_stopping_rule",
+    "pareto_front",
     "progress_line",
     "read_reported_metrics",
     "read_tb_scalar",
     "report_metric",
+    "search_space_differences",
     "write_results",
 ]

@@ -79,8 +79,8 @@ def _build(names: Mapping[str, str], prefix: str, build: Any) -> Any:
 
 # -- native -------------------------------------------------------------------------------------------
 _NATIVE_PARAM_KEYS = {"name", "type", "min", "max", "scale", "values", "key", "children", "when"}
-_NATIVE_TOP_KEYS = {"metric", "parameters", "max_trials", "max_parallel_trials", "max_failed_trials", "algorithm",
-                    "seed", "early_stopping"}
+_NATIVE_TOP_KEYS = {"metric", "metrics", "parameters", "max_trials", "max_parallel_trials", "max_failed_trials",
+                    "algorithm", "seed", "early_stopping"}
 
 
 def _native_param(d: Mapping[str, Any], where: str) -> ParameterSpec:
@@ -96,17 +96,37 @@ def _native_param(d: Mapping[str, Any], where: str) -> ParameterSpec:
         parent_values=tuple(when if isinstance(when, (list, tuple)) else ([when] if when is not None else ()))))
 
 
+def _native_metric(metric: Any, where: str) -> MetricSpec:
+    if isinstance(metric, str):
+        metric = {"tag": metric}
+    if not isinstance(metric, Mapping):
+        raise StudySpecError(f"{where}: must be a mapping {{tag: ..., goal: MAXIMIZE|MINIMIZE}}, but got {metric!r}.")
+    _check_keys(metric, {"tag", "goal"}, where)
+    names = {} if where == "metric" else {"metric.tag": "tag", "metric.goal": "goal"}
+    return _build(names, "" if where == "metric" else f"{where}: ",
+                  lambda: MetricSpec(metric.get("tag"), metric.get("goal", "MAXIMIZE")))
+
+
+def _native_metrics(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``metric=`` or ``metrics=`` keyword arguments of the spec from the native ``metric``/``metrics`` keys."""
+    if "metrics" not in d:
+        return {"metric": _native_metric(d.get("metric"), "metric")}
+    if d.get("metric") is not None:
+        raise StudySpecError("study: metric and metrics are both set. Give metric for one objective or metrics "
+                             "(a list of {tag, goal}) for several, not both.")
+    metrics = d["metrics"]
+    if not isinstance(metrics, (list, tuple)) or not metrics:
+        raise StudySpecError(f"metrics: must be a non-empty list of {{tag: ..., goal: MAXIMIZE|MINIMIZE}}, but got "
+                             f"{metrics!r}.")
+    return {"metrics": tuple(_native_metric(m, f"metrics[{i}]") for i, m in enumerate(metrics))}
+
+
 def from_native(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
     """Build a spec from the native tfscale dict form."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"study: must be a mapping, but got {type(d).__name__}.")
     _check_keys(d, _NATIVE_TOP_KEYS, "study")
-    metric = d.get("metric")
-    if isinstance(metric, str):
-        metric = {"tag": metric}
-    if not isinstance(metric, Mapping):
-        raise StudySpecError(f"metric: must be a mapping {{tag: ..., goal: MAXIMIZE|MINIMIZE}}, but got {metric!r}.")
-    _check_keys(metric, {"tag", "goal"}, "metric")
+    objectives = _native_metrics(d)
     params = d.get("parameters")
     if not isinstance(params, (list, tuple)):
         raise StudySpecError(f"parameters: must be a list of parameter mappings, but got {params!r}.")
@@ -115,7 +135,7 @@ def from_native(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
         stopping = {"rule": stopping}
     _check_keys(stopping, {"rule", "min_trials", "min_steps", "margin", "max_step"}, "early_stopping")
     return _build(_NATIVE_NAMES, "", lambda: spec_cls(
-        metric=MetricSpec(metric.get("tag"), metric.get("goal", "MAXIMIZE")),
+        **objectives,
         parameters=tuple(_native_param(p, f"parameters[{i}]") for i, p in enumerate(params)),
         max_trials=d.get("max_trials", 10),
         max_parallel_trials=d.get("max_parallel_trials", 1),
@@ -143,8 +163,12 @@ def _native_param_dict(p: ParameterSpec) -> dict[str, Any]:
 def to_native(spec: StudySpec) -> dict[str, Any]:
     """The native dict form of ``spec``."""
     es = spec.early_stopping
+    # One objective keeps the `metric:` form, so stores written before `metrics:` existed still match.
+    objectives: dict[str, Any] = (
+        {"metrics": [{"tag": m.tag, "goal": m.goal.name} for m in spec.metrics]} if spec.is_multi_objective
+        else {"metric": {"tag": spec.metric.tag, "goal": spec.metric.goal.name}})
     return {
-        "metric": {"tag": spec.metric.tag, "goal": spec.metric.goal.name},
+        **objectives,
         "parameters": [_native_param_dict(p) for p in spec.parameters],
         "max_trials": spec.max_trials,
         "max_parallel_trials": spec.max_parallel_trials,
@@ -273,10 +297,11 @@ def from_vertex(spec_cls: type[StudySpec], d: Mapping[str, Any], param_map: Mapp
     job = d
     d = d.get("studySpec", d)
     metrics = d.get("metrics") or []
-    if len(metrics) != 1:
+    if not isinstance(metrics, (list, tuple)) or not metrics \
+            or not all(isinstance(m, Mapping) for m in metrics):
         raise StudySpecError(
-            f"metrics: tfscale studies optimise exactly one metric, but got {len(metrics)}: "
-            f"{[m.get('metricId') for m in metrics]}. Keep one metrics entry.")
+            f"metrics: a studySpec needs a list of metrics entries {{metricId: ..., goal: MAXIMIZE|MINIMIZE}}, "
+            f"but got {metrics!r}. Add one entry per objective.")
     stopping = EarlyStoppingRule.NONE
     if "medianAutomatedStoppingSpec" in d:
         stopping = EarlyStoppingRule.MEDIAN
@@ -291,8 +316,11 @@ def from_vertex(spec_cls: type[StudySpec], d: Mapping[str, Any], param_map: Mapp
         "seed": 0,
     }
     kwargs.update(overrides)
+    objectives = tuple(_build({"metric.tag": "metricId", "metric.goal": "goal"}, f"metrics[{i}]: ",
+                              lambda m=m: MetricSpec(m.get("metricId"), m.get("goal") or "MAXIMIZE"))
+                       for i, m in enumerate(metrics))
     return _build(_VERTEX_NAMES, "", lambda: spec_cls(
-        metric=MetricSpec(metrics[0].get("metricId"), metrics[0].get("goal") or "MAXIMIZE"),
+        metrics=objectives,
         parameters=params, algorithm=algorithm, early_stopping=EarlyStoppingSpec(rule=stopping), **kwargs))
 
 
@@ -322,9 +350,10 @@ _VERTEX_ALGORITHMS = {Algorithm.GRID_SEARCH: "GRID_SEARCH", Algorithm.RANDOM_SEA
 
 
 def to_vertex(spec: StudySpec) -> dict[str, Any]:
-    """Vertex ``StudySpec`` dict of ``spec``; algorithms Vertex does not name map to its default (a GP bandit)."""
+    """Vertex ``StudySpec`` dict of ``spec``; algorithms Vertex does not name map to its default (a GP bandit,
+    multi-objective when there are several metrics)."""
     out: dict[str, Any] = {
-        "metrics": [{"metricId": spec.metric.tag, "goal": spec.metric.goal.name}],
+        "metrics": [{"metricId": m.tag, "goal": m.goal.name} for m in spec.metrics],
         "parameters": [_vertex_param_dict(p) for p in spec.parameters],
         "algorithm": _VERTEX_ALGORITHMS.get(spec.algorithm, "ALGORITHM_UNSPECIFIED"),
         "measurementSelectionType": "BEST_MEASUREMENT",
@@ -339,13 +368,31 @@ def to_vertex(spec: StudySpec) -> dict[str, Any]:
     return out
 
 
+def dialect(d: Mapping[str, Any]) -> str:
+    """Which form a study dict is written in: ``ai_platform``, ``vertex`` or ``native``.
+
+    Both Vertex and the native form may have a ``metrics`` list: Vertex entries name ``metricId``, native
+    ones ``tag``.
+    """
+    if {"trainingInput", "hyperparameters", "hyperparameterMetricTag", "params"} & set(d):
+        return "ai_platform"
+    if {"studySpec", "study_spec"} & set(d):
+        return "vertex"
+    metrics = d.get("metrics")
+    if isinstance(metrics, (list, tuple)) and any(
+            isinstance(m, Mapping) and {"metricId", "metric_id"} & set(m) for m in metrics):
+        return "vertex"
+    return "native"
+
+
 def from_any_dict(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
     """Dispatch on the shape of ``d``: AI Platform, Vertex or native."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"study: must be a mapping, but got {type(d).__name__}.")
-    if {"trainingInput", "hyperparameters", "hyperparameterMetricTag", "params"} & set(d):
+    form = dialect(d)
+    if form == "ai_platform":
         return from_ai_platform(spec_cls, d, None)
-    if {"studySpec", "study_spec", "metrics"} & set(d):
+    if form == "vertex":
         return from_vertex(spec_cls, d, None, {})
     return from_native(spec_cls, d)
 

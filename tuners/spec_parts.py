@@ -66,7 +66,8 @@ class TrialStatus(enum.Enum):
 
 
 class Algorithm(enum.Enum):
-    """Search algorithm; ALGORITHM_UNSPECIFIED means the default, GAUSSIAN_PROCESS_BANDIT."""
+    """Search algorithm; ALGORITHM_UNSPECIFIED means the default: GAUSSIAN_PROCESS_BANDIT for one metric,
+    NSGA2 for several (a multi-objective study's spec resolves it when it is built)."""
 
     ALGORITHM_UNSPECIFIED = "ALGORITHM_UNSPECIFIED"
     GRID_SEARCH = "GRID_SEARCH"
@@ -75,10 +76,21 @@ class Algorithm(enum.Enum):
     GAUSSIAN_PROCESS_BANDIT = "GAUSSIAN_PROCESS_BANDIT"
     TPE = "TPE"
     VIZIER = "VIZIER"
+    NSGA2 = "NSGA2"
 
     def resolved(self) -> Algorithm:
         """The algorithm actually run: ALGORITHM_UNSPECIFIED maps to GAUSSIAN_PROCESS_BANDIT."""
         return Algorithm.GAUSSIAN_PROCESS_BANDIT if self is Algorithm.ALGORITHM_UNSPECIFIED else self
+
+    @property
+    def handles_several_metrics(self) -> bool:
+        """Whether the algorithm can run a multi-objective study: NSGA2 optimises every metric, and the
+        grid and (quasi-)random searches ignore objectives altogether."""
+        return self in _MULTI_OBJECTIVE_ALGORITHMS
+
+
+_MULTI_OBJECTIVE_ALGORITHMS = frozenset({Algorithm.NSGA2, Algorithm.GRID_SEARCH, Algorithm.RANDOM_SEARCH,
+                                         Algorithm.QUASI_RANDOM_SEARCH})
 
 
 class EarlyStoppingRule(enum.Enum):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuners.algorithms import Designer, make_designer
 from tuners.early_stopping import StopDecision, make_stopping_rule
 from tuners.errors import StudyFailedError
-from tuners.study_spec import Goal, Measurement, StudySpec, Trial, TrialStatus
+from tuners.pareto import pareto_front
+from tuners.study_spec import Goal, Measurement, MetricSpec, StudySpec, Trial, TrialStatus
 from tuners.study_store import StudyStore
 
 __all__ = ["Study"]
@@ -26,19 +29,34 @@ class Study:
         store: a :class:`StudyStore`, or a location for one (sweep directory, ``.db`` path,
             ``sqlite:///`` URL). ``None`` keeps everything in memory.
         designer: override the algorithm of ``spec`` (mostly for tests).
+        prior_trials: COMPLETED trials of earlier studies over the same search space (a warm start, see
+            :func:`tuners.load_prior_trials`): the designer learns from them before its first suggestion.
+            They are not trials of this study: not stored, not counted against ``max_trials``.
+        lock: take the store's driver lock (:meth:`StudyStore.lock`), so that no other driver writes the
+            study meanwhile; released by :meth:`close` or when the process ends.
 
     Resuming: opening a store that already holds this study keeps its COMPLETED, FAILED and STOPPED trials.
     ACTIVE trials found there were interrupted with their driver; they are handed out again, with the same
     ids and parameters, by the next :meth:`suggest` calls before any new suggestion. New trials get ids after
     the largest stored one, so no trial is lost or duplicated.
+
+    Raises:
+        StudyLockedError: another live driver holds the store (its host and pid are in the message).
+        StudyStoreError: the store holds another study.
     """
 
     def __init__(self, spec: StudySpec | Mapping[str, Any], store: StudyStore | str | os.PathLike | None = None,
-                 *, designer: Designer | None = None):
+                 *, designer: Designer | None = None, prior_trials: Iterable[Trial] = (), lock: bool = True):
         self.spec = spec if isinstance(spec, StudySpec) else StudySpec.from_dict(spec)
         self.store = store if isinstance(store, StudyStore) else StudyStore(store if store is not None
                                                                              else ":memory:")
-        self.resumed = self.store.attach(self.spec)
+        #: Host/pid of a driver that died holding the store's lock, taken over by this one (else ``None``).
+        self.previous_driver = self.store.lock() if lock else None
+        try:
+            self.resumed = self.store.attach(self.spec)
+        except BaseException:
+            self.store.unlock()
+            raise
         self._keys = {p.name: p.config_key for p in self.spec.all_parameters()}
         self._trials: dict[int, Trial] = {}
         for trial in self.store.load_trials():
@@ -46,6 +64,10 @@ class Study:
             self._trials[trial.id] = trial
         self._designer = designer if designer is not None else make_designer(self.spec)
         self._told: set[int] = set()
+        # Negative ids keep them apart from this study's trials in the designer's bookkeeping.
+        self.prior_trials = [dataclasses.replace(t, id=-1 - i, config_keys=self._keys)
+                             for i, t in enumerate(prior_trials)]
+        self._prior_told = False
         #: Interrupted trials from a previous driver, re-run before new suggestions.
         self._requeue = [t.id for t in self._trials.values() if t.status is TrialStatus.ACTIVE]
         self._running: set[int] = set()
@@ -75,12 +97,21 @@ class Study:
 
     @property
     def best_trial(self) -> Trial | None:
-        """The COMPLETED trial with the best objective (lowest id on ties), or ``None``."""
+        """The COMPLETED trial with the best objective (lowest id on ties), or ``None``.
+
+        A multi-objective study has no single best trial: this is ``None`` there; see :attr:`pareto_trials`.
+        """
         done = self._with_status(TrialStatus.COMPLETED)
-        if not done:
+        if not done or self.spec.is_multi_objective:
             return None
         sign = self.spec.metric.goal.sign
         return max(done, key=lambda t: (sign * t.objective, -t.id))
+
+    @property
+    def pareto_trials(self) -> list[Trial]:
+        """The COMPLETED trials no other completed trial dominates on the study's metrics, best first on the
+        first metric. For a single-metric study, the best trial and any ties with it."""
+        return pareto_front(self.trials, self.spec.metrics)
 
     @property
     def running(self) -> list[Trial]:
@@ -105,6 +136,9 @@ class Study:
     # -- ask ------------------------------------------------------------------------------------------
     def _sync_designer(self) -> None:
         new = [t for t in self.trials if t.status.is_finished and t.id not in self._told]
+        if not self._prior_told:  # a warm start: the earlier studies' trials come with the first update
+            new = [*self.prior_trials, *new]
+            self._prior_told = True
         active = self._with_status(TrialStatus.ACTIVE)
         self._designer.update(new, active)
         self._told.update(t.id for t in new)
@@ -137,13 +171,24 @@ class Study:
             for offset, values in enumerate(suggestions):
                 self.spec.validate_parameters(values)
                 trial = Trial(id=next_id + offset, parameters=dict(values), config_keys=self._keys)
-                self.store.save_trial(trial)
+                self.store.add_trial(trial)  # never replaces a trial another driver stored
                 self._trials[trial.id] = trial
                 self._running.add(trial.id)
                 out.append(trial)
         return out
 
     # -- tell -----------------------------------------------------------------------------------------
+    def mark_started(self, trial_id: int, at: float | None = None) -> Trial:
+        """Record that an ACTIVE trial's process started now (or at ``at``, a ``time.time()`` value).
+
+        A re-run of an interrupted trial starts afresh: its end time is cleared.
+        """
+        trial = self._active(trial_id)
+        trial.started_at = time.time() if at is None else float(at)
+        trial.ended_at = None
+        self.store.save_trial(trial)
+        return trial
+
     def _active(self, trial_id: int) -> Trial:
         trial = self.trial(trial_id)
         if trial.status is not TrialStatus.ACTIVE:
@@ -153,6 +198,8 @@ class Study:
 
     def _finish(self, trial: Trial, status: TrialStatus) -> Trial:
         trial.status = status
+        if trial.ended_at is None:  # the driver may have set the moment the trial's process ended
+            trial.ended_at = time.time()
         self.store.save_trial(trial)
         self._running.discard(trial.id)
         if trial.id in self._requeue:
@@ -172,31 +219,50 @@ class Study:
                 out.append(Measurement(int(step), {self.spec.metric.tag: float(value)}))
         return out
 
-    def _best_measured(self, trial: Trial) -> float | None:
-        values = [v for _, v in trial.curve(self.spec.metric.tag) if math.isfinite(v)]
+    def _best_measured(self, trial: Trial, metric: MetricSpec | None = None) -> float | None:
+        metric = metric or self.spec.metric
+        values = [v for _, v in trial.curve(metric.tag) if math.isfinite(v)]
         if not values:
             return None
-        return max(values) if self.spec.metric.goal is Goal.MAXIMIZE else min(values)
+        return max(values) if metric.goal is Goal.MAXIMIZE else min(values)
 
-    def complete(self, trial_id: int, objective: float | None,
+    def _given_values(self, objective: float | Mapping[str, float] | None) -> dict[str, float | None]:
+        if isinstance(objective, Mapping):
+            return dict(objective)
+        if objective is None:
+            return {}
+        if self.spec.is_multi_objective:
+            raise ValueError(f"this study has {len(self.spec.metrics)} metrics "
+                             f"{[m.tag for m in self.spec.metrics]}: pass a mapping from each tag to its value, "
+                             f"not the single number {objective!r}.")
+        return {self.spec.metric.tag: objective}
+
+    def complete(self, trial_id: int, objective: float | Mapping[str, float] | None,
                  measurements: Iterable[MeasurementLike] | None = None, *, log_path: str | None = None) -> Trial:
-        """Record the final objective of a trial.
+        """Record the final objective of a trial: a number, or for a multi-objective study a mapping from
+        every metric tag to its value.
 
-        ``objective=None`` takes the best measured value of the metric (Vertex's BEST_MEASUREMENT). A
-        missing or non-finite objective (NaN loss) marks the trial FAILED instead, so it counts against
-        ``max_failed_trials``.
+        A metric without a value (``objective=None``, or a tag missing from the mapping) takes its best
+        measured value (Vertex's BEST_MEASUREMENT). A missing or non-finite value of any metric (NaN loss)
+        marks the trial FAILED instead, so it counts against ``max_failed_trials``.
         """
         trial = self._active(trial_id)
+        given = self._given_values(objective)
         trial.measurements.extend(self._as_measurements(measurements or ()))
         trial.log_path = log_path or trial.log_path
-        if objective is None:
-            objective = self._best_measured(trial)
-        if objective is None or not math.isfinite(float(objective)):
-            trial.error = f"objective {self.spec.metric.tag!r} is {objective!r}, not a finite number"
-            self._finish(trial, TrialStatus.FAILED)
-            self._check_failures()
-            return trial
-        trial.objective = float(objective)
+        values: dict[str, float] = {}
+        for metric in self.spec.metrics:
+            value = given.get(metric.tag)
+            if value is None:
+                value = self._best_measured(trial, metric)
+            if value is None or not math.isfinite(float(value)):
+                trial.error = f"objective {metric.tag!r} is {value!r}, not a finite number"
+                self._finish(trial, TrialStatus.FAILED)
+                self._check_failures()
+                return trial
+            values[metric.tag] = float(value)
+        trial.objectives = values
+        trial.objective = values[self.spec.metric.tag]
         return self._finish(trial, TrialStatus.COMPLETED)
 
     def fail(self, trial_id: int, error: str, log_path: str | None = None) -> Trial:
@@ -212,11 +278,16 @@ class Study:
         self._check_failures()
         return trial
 
-    def stop(self, trial_id: int, objective: float | None = None) -> Trial:
-        """Mark a trial STOPPED (early-stopped); its objective is ``objective`` or its best measurement."""
+    def stop(self, trial_id: int, objective: float | Mapping[str, float] | None = None) -> Trial:
+        """Mark a trial STOPPED (early-stopped); each metric's value is the one given or its best measurement."""
         trial = self._active(trial_id)
-        value = objective if objective is not None else self._best_measured(trial)
-        trial.objective = float(value) if value is not None and math.isfinite(value) else None
+        given = self._given_values(objective)
+        for metric in self.spec.metrics:
+            value = given.get(metric.tag)
+            value = value if value is not None else self._best_measured(trial, metric)
+            if value is not None and math.isfinite(value):
+                trial.objectives[metric.tag] = float(value)
+        trial.objective = trial.objectives.get(self.spec.metric.tag)
         return self._finish(trial, TrialStatus.STOPPED)
 
     def add_measurement(self, trial_id: int, step: int, value: float | Mapping[str, float]) -> StopDecision:

@@ -53,36 +53,44 @@ from tuners.spec_parts import (  # noqa: F401  (re-exported: the study vocabular
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
-    """A whole study: metric, search space, budget, algorithm, early stopping and seed.
+    """A whole study: metric(s), search space, budget, algorithm, early stopping and seed.
+
+    A study has one objective (``metric``) or several (``metrics``: a multi-objective study, whose result is
+    the Pareto set of its trials). Give one of the two; after construction ``metrics`` always lists every
+    objective and ``metric`` is the first of them, which single-valued displays show.
 
     Args:
-        metric: the objective.
+        metric: the objective of a single-objective study.
         parameters: top-level parameters (conditional ones hang under ``children``).
         max_trials: total number of trials to run (failed and stopped ones included).
         max_parallel_trials: at most this many trials are ACTIVE at a time.
         max_failed_trials: the study fails once more trials than this failed; ``None`` means half of
             ``max_trials`` rounded up (see :attr:`failure_budget`).
-        algorithm: search algorithm; ALGORITHM_UNSPECIFIED runs GAUSSIAN_PROCESS_BANDIT.
-        early_stopping: the early stopping rule.
+        algorithm: search algorithm; ALGORITHM_UNSPECIFIED runs GAUSSIAN_PROCESS_BANDIT, or NSGA2 when there
+            are several metrics (the spec then stores NSGA2).
+        early_stopping: the early stopping rule (single-objective studies only).
         seed: seed of the algorithm, so that a study is reproducible.
+        metrics: the objectives of a multi-objective study, each with its goal (tags unique).
     """
 
-    metric: MetricSpec
-    parameters: tuple[ParameterSpec, ...]
+    metric: MetricSpec | None = None
+    parameters: tuple[ParameterSpec, ...] = ()
     max_trials: int = 10
     max_parallel_trials: int = 1
     max_failed_trials: int | None = None
     algorithm: Algorithm = Algorithm.ALGORITHM_UNSPECIFIED
     early_stopping: EarlyStoppingSpec = dataclasses.field(default_factory=EarlyStoppingSpec)
     seed: int = 0
+    metrics: tuple[MetricSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.metric, MetricSpec):
-            raise StudySpecError(f"metric: must be a MetricSpec, but got {self.metric!r}.")
+        self._check_metrics()
         object.__setattr__(self, "parameters", tuple(self.parameters or ()))
         object.__setattr__(self, "algorithm", _enum_value(Algorithm, self.algorithm, "algorithm"))
         if self.early_stopping is None:
             object.__setattr__(self, "early_stopping", EarlyStoppingSpec())
+        if self.is_multi_objective:
+            self._check_multi_objective()
         if not self.parameters:
             raise StudySpecError("parameters: a study needs at least one parameter, but got none. Add one.")
         for field in ("max_trials", "max_parallel_trials"):
@@ -124,7 +132,51 @@ class StudySpec:
                     f"parameter '{param.name}': config_key '{param.config_key}' is also used by '{other}'. "
                     f"Map each parameter to its own key.")
 
+    def _check_metrics(self) -> None:
+        metrics = tuple(self.metrics or ())
+        if self.metric is not None and metrics and metrics[0] != self.metric:
+            raise StudySpecError(
+                f"metric and metrics are both set (metric={self.metric.tag!r}, metrics="
+                f"{[getattr(m, 'tag', m) for m in metrics]}). Give metric for one objective or metrics for "
+                f"several, not both.")
+        if not metrics:
+            if self.metric is None:
+                raise StudySpecError("metric: a study needs an objective, but got none. Set e.g. "
+                                     "metric: {tag: accuracy, goal: MAXIMIZE}.")
+            metrics = (self.metric,)
+        tags: dict[str, int] = {}
+        for index, metric in enumerate(metrics):
+            if not isinstance(metric, MetricSpec):
+                where = "metric" if len(metrics) == 1 else f"metrics[{index}]"
+                raise StudySpecError(f"{where}: must be a MetricSpec, but got {metric!r}.")
+            if metric.tag in tags:
+                raise StudySpecError(
+                    f"metrics[{index}]: tag {metric.tag!r} is also metrics[{tags[metric.tag]}]. List each "
+                    f"metric once.")
+            tags[metric.tag] = index
+        object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "metric", metrics[0])
+
+    def _check_multi_objective(self) -> None:
+        tags = [m.tag for m in self.metrics]
+        if self.algorithm is Algorithm.ALGORITHM_UNSPECIFIED:
+            object.__setattr__(self, "algorithm", Algorithm.NSGA2)
+        elif not self.algorithm.handles_several_metrics:
+            others = ", ".join(a.name for a in Algorithm if a.handles_several_metrics and a is not Algorithm.NSGA2)
+            raise StudySpecError(
+                f"algorithm: {self.algorithm.name} optimises one metric, but the study has {len(tags)}: "
+                f"{tags}. Use algorithm: NSGA2 (or {others}), or keep one metric.")
+        if self.early_stopping.rule is not EarlyStoppingRule.NONE:
+            raise StudySpecError(
+                f"early_stopping.rule: {self.early_stopping.rule.value} compares trials on one metric, but "
+                f"the study has {len(tags)}: {tags}. Set early_stopping.rule: none, or keep one metric.")
+
     # -- queries --------------------------------------------------------------------------------------
+    @property
+    def is_multi_objective(self) -> bool:
+        """Whether the study optimises several metrics (its result is a Pareto set, not one best trial)."""
+        return len(self.metrics) > 1
+
     def all_parameters(self) -> list[ParameterSpec]:
         """Every parameter, conditional ones included, parents before children."""
         return [p for top in self.parameters for p in top.walk()]
@@ -202,8 +254,18 @@ class StudySpec:
                   - {name: momentum, type: DOUBLE, min: 0.0, max: 0.99, when: [sgd], key: model.optimizer.momentum}
 
         ``key`` defaults to the parameter name; ``scale`` accepts linear/log/reverse_log or the Vizier names.
+        A multi-objective study lists its objectives instead of ``metric``::
+
+            metrics:
+              - {tag: quantization.quantized.accuracy, goal: MAXIMIZE}
+              - {tag: quantization.quantized.tflite_bytes, goal: MINIMIZE}
         """
         return _spec_parsers.from_any_dict(cls, d)
+
+    @staticmethod
+    def dialect(d: Mapping[str, Any]) -> str:
+        """The form a study dict is written in: ``ai_platform``, ``vertex`` or ``native``."""
+        return _spec_parsers.dialect(d)
 
     @classmethod
     def from_ai_platform(cls, d: Mapping[str, Any], param_map: Mapping[str, str] | None = None) -> StudySpec:
@@ -277,8 +339,9 @@ class Trial:
     """One suggestion and its outcome.
 
     ``parameters`` holds only the active parameters. ``objective`` is the final value of the study metric
-    (``None`` unless COMPLETED, or STOPPED with a measurement). ``config_keys`` maps parameter names to Hydra
-    override keys so that :meth:`overrides` needs no spec.
+    (``None`` unless COMPLETED, or STOPPED with a measurement); in a multi-objective study, that of its first
+    metric. ``objectives`` holds the final value of every study metric by tag. ``config_keys`` maps parameter
+    names to Hydra override keys so that :meth:`overrides` needs no spec.
     """
 
     id: int
@@ -291,6 +354,11 @@ class Trial:
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
     config_keys: dict[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    objectives: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Wall-clock seconds (``time.time()``) when the trial's process was started and when it ended; ``None``
+    #: until then. A re-run of an interrupted trial starts them anew.
+    started_at: float | None = None
+    ended_at: float | None = None
 
     def overrides(self) -> list[str]:
         """Hydra override strings ``key=value``, one per active parameter, in parameter order."""

@@ -34,13 +34,14 @@ class StudySweeperConf:
 
 @dataclass
 class ProcessesLauncherConf:
-    """``hydra/launcher=tfscale_processes``: each job a fresh process on this machine, running the task function."""
+    """``hydra/launcher=tfscale_processes``: each job a process of its own on this machine, running the task function."""
 
     _target_: str = f"{_PREFIX}.ProcessesLauncher"
-    max_parallel: Optional[int] = None  # jobs of a batch running at once; null = the whole batch
+    max_parallel: Optional[int] = None  # jobs running at once; null = the whole batch (a study: max_parallel_trials)
     gpus_per_trial: Optional[int] = None  # null = this machine's GPUs split evenly between parallel jobs
     stop_timeout_s: float = 10.0  # SIGTERM -> SIGKILL grace when a job is stopped
     stream_logs: bool = False  # echo each job's output prefixed with "[trial N] "
+    warm: bool = True  # each slot a warm process (TensorFlow imported) forking a child per job; false = fresh processes
 
 
 @dataclass
@@ -91,6 +92,10 @@ class ProcessesLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return self._impl.launch(job_overrides, initial_job_idx)
 
+    def incremental(self) -> Any:
+        """The launcher's job-at-a-time API (``open``/``start``/``poll``/``stop``) that tfscale's sweeper uses."""
+        return self._impl
+
 
 class RayLauncher(Launcher):
     """Hydra entry point of :class:`orchestrator.launch.hydra_launchers.RayLauncher`."""
@@ -105,3 +110,7 @@ class RayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return self._impl.launch(job_overrides, initial_job_idx)
+
+    def incremental(self) -> Any:
+        """The launcher's job-at-a-time API (``open``/``start``/``poll``/``stop``) that tfscale's sweeper uses."""
+        return self._impl

@@ -17,11 +17,16 @@ Modes (``quantization.mode``):
 Dense kernels are quantized per tensor unless ``quantization.dense_per_channel``: per-channel
 parameters would make a small MLP's int8 file a sixth larger.
 
-Every converted model runs in the LiteRT interpreter (one thread) on the test split next to a float32
+Every converted model runs in the LiteRT interpreter (one thread) on the test split (the validation split
+with ``quantization.evaluation_split=validation``, as in studies that tune for it) next to a float32
 TFLite conversion of the same SavedModel, which is the size and latency baseline; the accuracy baseline
 is the float model itself (the SavedModel's ``serving_default``; for ``qat`` that is the trained model
 with its fake-quantization ops in float). The report goes to ``metrics.json`` under ``quantization``
 and is printed as a table. ``quantization.max_accuracy_drop`` (accuracy on a 0..1 scale) is the gate.
+What "right" means follows ``model.head``: the argmax class for softmax, each label over 0.5 for sigmoid
+(accuracy over all labels); a regression model (``linear``) is measured by its mean absolute error instead,
+reported as ``mae_increase`` (the error the conversion adds, in the targets' units) and gated by
+``quantization.max_mae_increase``.
 
 Where files go. The converted file is published beside the SavedModel version, with its number and
 the mode in its name::
@@ -56,8 +61,9 @@ if TYPE_CHECKING:  # numpy is imported where it runs: validation must stay light
 
 log = logging.getLogger(__name__)
 
+from orchestrator.config.heads import PredictionKind, prediction_kind
 from orchestrator.config.quantization import CALIBRATED_MODES
-from orchestrator.config.schema import QuantizationMode
+from orchestrator.config.schema import QuantizationMode, QuantizationSplit
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -193,12 +199,23 @@ def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[
 # ------------------------------------------------------------------------------------------ evaluation
 @dataclass
 class TfliteResult:
-    """One TFLite model on the test split."""
+    """One TFLite model on the test split (``accuracy`` is the mean absolute error for regression)."""
 
     bytes: int
     accuracy: float
     latency_ms: float
     predictions: np.ndarray
+
+
+def decide(values: np.ndarray, kind: str) -> np.ndarray:
+    """What a model's output rows predict: class ids (argmax), multi-hot labels (over 0.5) or the values."""
+    import numpy as np
+
+    if kind == PredictionKind.regression:
+        return values.astype("float32").reshape(len(values), -1)
+    if kind == PredictionKind.multi_label:
+        return (values > 0.5).astype("int64")
+    return np.argmax(values, axis=-1)
 
 
 def _interpreter(content: bytes):
@@ -232,7 +249,8 @@ LATENCY_REPEATS = 5
 class _TfliteRunner:
     """One TFLite model in the LiteRT interpreter (one thread), run one example at a time."""
 
-    def __init__(self, content: bytes, output_name: str):
+    def __init__(self, content: bytes, output_name: str, kind: str = PredictionKind.class_id):
+        self.kind = kind
         self.runner = _interpreter(content).get_signature_runner()
         self.in_name, self.in_detail = next(iter(self.runner.get_input_details().items()))
         self.out_details = self.runner.get_output_details()
@@ -242,12 +260,11 @@ class _TfliteRunner:
         return [_quantize_input(x[i:i + 1], self.in_detail) for i in range(len(x))]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions (see :func:`decide`) for the rows of ``x``, run one at a time."""
         import numpy as np
-        preds = np.empty(len(x), dtype="int64")
-        for i, feed in enumerate(self.feeds(x)):
-            out = self.runner(**{self.in_name: feed})
-            preds[i] = int(np.argmax(_dequantize(out[self.out_name], self.out_details[self.out_name])[0]))
-        return preds
+        rows = [_dequantize(self.runner(**{self.in_name: feed})[self.out_name], self.out_details[self.out_name])[0]
+                for feed in self.feeds(x)]
+        return decide(np.stack(rows), self.kind) if rows else np.zeros((0,))
 
     def latency_ms(self, x: np.ndarray) -> float:
         """Mean milliseconds per example over ``x``, best of ``LATENCY_REPEATS`` passes (call after a first pass,
@@ -262,21 +279,26 @@ class _TfliteRunner:
         return 1000.0 * best if timed else float("nan")
 
 
-def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name: str) -> TfliteResult:
-    """Run the model one example at a time on one thread: accuracy and mean latency per example.
+def evaluate_tflite(content: bytes, x: np.ndarray, y: np.ndarray, *, output_name: str,
+                    kind: str = PredictionKind.class_id) -> TfliteResult:
+    """Run the model one example at a time on one thread: accuracy (mean absolute error for regression)
+    and mean latency per example.
 
     Latency is the mean over up to ``LATENCY_EXAMPLES`` test examples, best of ``LATENCY_REPEATS``
     passes: on a shared machine a pass that was preempted says nothing about the model.
     """
     import numpy as np
-    run = _TfliteRunner(content, output_name)
+    run = _TfliteRunner(content, output_name, kind)
     preds = run.predict(x)
-    return TfliteResult(bytes=len(content), accuracy=float(np.mean(preds == y)) if len(y) else float("nan"),
-                        latency_ms=run.latency_ms(x), predictions=preds)
+    if kind == PredictionKind.regression:
+        score = float(np.mean(np.abs(preds - y.reshape(preds.shape)))) if len(y) else float("nan")
+    else:
+        score = float(np.mean(preds == y)) if len(y) else float("nan")
+    return TfliteResult(bytes=len(content), accuracy=score, latency_ms=run.latency_ms(x), predictions=preds)
 
 
-def _float_predictor(saved_model_dir: Path, output_name: str, batch_size: int = 256):
-    """A function from rows to the float SavedModel's class predictions (``serving_default``)."""
+def _float_predictor(saved_model_dir: Path, output_name: str, batch_size: int = 256, kind: str = PredictionKind.class_id):
+    """A function from rows to the float SavedModel's predictions (``serving_default``; see :func:`decide`)."""
     import numpy as np
     from orchestrator.runtime.tf_env import import_tensorflow
 
@@ -286,25 +308,29 @@ def _float_predictor(saved_model_dir: Path, output_name: str, batch_size: int = 
 
     def predict(x: np.ndarray) -> np.ndarray:
         out = [fn(**{arg: tf.constant(x[i:i + batch_size], tf.float32)})[output_name].numpy() for i in range(0, len(x), batch_size)]
-        return np.argmax(np.concatenate(out), axis=-1) if out else np.zeros(0, dtype="int64")
+        return decide(np.concatenate(out), kind) if out else np.zeros(0, dtype="int64")
 
     return predict
 
 
-def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256) -> np.ndarray:
-    """Class predictions of the float SavedModel's ``serving_default`` signature."""
-    return _float_predictor(saved_model_dir, output_name, batch_size)(x)
+def float_predictions(saved_model_dir: Path, x: np.ndarray, *, output_name: str, batch_size: int = 256,
+                      kind: str = PredictionKind.class_id) -> np.ndarray:
+    """Predictions of the float SavedModel's ``serving_default`` signature (see :func:`decide`)."""
+    return _float_predictor(saved_model_dir, output_name, batch_size, kind)(x)
 
 
 def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = None, y_test: Optional[np.ndarray] = None, *,
             output_name: str, batches: Optional[Iterable[Tuple[np.ndarray, np.ndarray]]] = None,
             calibration: Optional[Sequence[np.ndarray]] = None, int8_io: bool = False, dense_per_channel: bool = False,
-            float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None) -> Tuple[Dict[str, Any], bytes]:
+            float32_tflite: Optional[bytes] = None, keep_dir: Optional[Path] = None,
+            kind: str = PredictionKind.class_id) -> Tuple[Dict[str, Any], bytes]:
     """Convert ``saved_model_dir`` with ``mode`` and measure it against the float model.
 
     The evaluation data is ``x_test``/``y_test``, or ``batches`` of ``(x, y)`` taken one at a time (a
-    streamed split: only counts are kept, so memory does not grow with it). Returns the report recorded
-    under ``quantization`` in metrics.json and the converted file's bytes.
+    streamed split: only counts are kept, so memory does not grow with it). ``kind`` says how outputs are
+    read (:class:`~orchestrator.config.heads.PredictionKind`): a regression model is measured by its mean
+    absolute error (``mae``, ``mae_increase``, ``mean_abs_diff`` from the float model) instead of accuracy.
+    Returns the report recorded under ``quantization`` in metrics.json and the converted file's bytes.
     """
     import numpy as np
     baseline_bytes = float32_tflite or convert(saved_model_dir, "float32")
@@ -313,26 +339,50 @@ def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = Non
         keep_dir.mkdir(parents=True, exist_ok=True)
         (keep_dir / "float32.tflite").write_bytes(baseline_bytes)
         (keep_dir / f"{mode}.tflite").write_bytes(content)
-    reference = _float_predictor(saved_model_dir, output_name)
-    base, quant = _TfliteRunner(baseline_bytes, output_name), _TfliteRunner(content, output_name)
-    n = float_right = quant_right = agree = 0
+    reference = _float_predictor(saved_model_dir, output_name, kind=kind)
+    base, quant = _TfliteRunner(baseline_bytes, output_name, kind), _TfliteRunner(content, output_name, kind)
+    regression = kind == PredictionKind.regression
+    # Counts (or, for regression, sums of absolute errors) over every value predicted: a class id per
+    # example, a label per example and label, or each regressed value.
+    n = values = float_right = quant_right = agree = 0
     timing_rows: List[np.ndarray] = []
     for x, y in (batches if batches is not None else [(x_test, y_test)]):
         if not len(y):
             continue
         ref, q = reference(x), quant.predict(x)
+        y = np.asarray(y).reshape(ref.shape)
         n += len(y)
-        float_right += int(np.sum(ref == y))
-        quant_right += int(np.sum(q == y))
-        agree += int(np.sum(q == ref))
+        values += int(y.size)
+        if regression:
+            float_right += float(np.sum(np.abs(ref - y)))
+            quant_right += float(np.sum(np.abs(q - y)))
+            agree += float(np.sum(np.abs(q - ref)))
+        else:
+            float_right += int(np.sum(ref == y))
+            quant_right += int(np.sum(q == y))
+            agree += int(np.sum(q == ref))
         if sum(len(r) for r in timing_rows) < LATENCY_EXAMPLES:
             timing_rows.append(np.asarray(x))
     timing = np.concatenate(timing_rows)[:LATENCY_EXAMPLES] if timing_rows else np.zeros((0,))
     base.predict(timing)  # its first pass, as the quantized file had one: both latencies are measured warm
     base_ms, quant_ms = base.latency_ms(timing), quant.latency_ms(timing)
     nan = float("nan")
-    float_acc = float_right / n if n else nan
-    quant_acc = quant_right / n if n else nan
+    float_acc = float_right / values if values else nan
+    quant_acc = quant_right / values if values else nan
+    if regression:
+        return {
+            "mode": mode,
+            "int8_io": bool(int8_io) if mode in CALIBRATED_MODES else None,
+            "calibration_batches": len(calibration) if mode in CALIBRATED_MODES and calibration else None,
+            "test_examples": int(n),
+            "metric": "mae",
+            "float": {"mae": float_acc, "tflite_bytes": len(baseline_bytes), "latency_ms": round(base_ms, 5)},
+            "quantized": {"mae": quant_acc, "tflite_bytes": len(content), "latency_ms": round(quant_ms, 5)},
+            "size_ratio": round(len(content) / len(baseline_bytes), 4),
+            "mean_abs_diff": agree / values if values else nan,
+            "mae_increase": round(quant_acc - float_acc, 6),
+            "latency_ratio": round(quant_ms / base_ms, 4) if base_ms else None,
+        }, content
     report = {
         "mode": mode,
         "int8_io": bool(int8_io) if mode in CALIBRATED_MODES else None,
@@ -341,7 +391,7 @@ def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = Non
         "float": {"accuracy": float_acc, "tflite_bytes": len(baseline_bytes), "latency_ms": round(base_ms, 5)},
         "quantized": {"accuracy": quant_acc, "tflite_bytes": len(content), "latency_ms": round(quant_ms, 5)},
         "size_ratio": round(len(content) / len(baseline_bytes), 4),
-        "agreement": agree / n if n else nan,
+        "agreement": agree / values if values else nan,
         "accuracy_drop": round(float_acc - quant_acc, 6),
         "latency_ratio": round(quant_ms / base_ms, 4) if base_ms else None,
     }
@@ -350,6 +400,15 @@ def compare(saved_model_dir: Path, mode: str, x_test: Optional[np.ndarray] = Non
 
 def format_table(report: Dict[str, Any]) -> str:
     """The report as a small table: the float32 baseline and the converted model side by side."""
+    if report.get("metric") == "mae":
+        lines = [f"{'model':<10}{'size KB':>10}{'ratio':>8}{'MAE':>10}{'|diff|':>11}{'latency ms':>12}"]
+        for name, r, ratio, diff in (("float32", report["float"], 1.0, 0.0),
+                                     (report["mode"], report["quantized"], report["size_ratio"], report["mean_abs_diff"])):
+            lines.append(f"{name:<10}{r['tflite_bytes'] / 1024:>10.1f}{ratio:>8.3f}{r['mae']:>10.4f}{diff:>11.4f}{r['latency_ms']:>12.4f}")
+        gate = report.get("max_mae_increase")
+        lines.append(f"error drop: MAE {report['mae_increase']:+.4f} (float {report['float']['mae']:.4f} -> "
+                     f"{report['mode']} {report['quantized']['mae']:.4f})" + (f" (gate: at most +{gate:g})" if gate is not None else ""))
+        return "\n".join(lines)
     rows = [("float32", report["float"], 1.0, 1.0), (report["mode"], report["quantized"], report["size_ratio"], report["agreement"])]
     lines = [f"{'model':<10}{'size KB':>10}{'ratio':>8}{'accuracy':>10}{'agreement':>11}{'latency ms':>12}"]
     for name, r, ratio, agree in rows:
@@ -392,8 +451,10 @@ def convert_and_gate(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Pa
     run directory) when the accuracy drop exceeds ``quantization.max_accuracy_drop``.
 
     ``splits`` is the run's data: ``input_shape``, ``calibration_rows(batches, batch_size, seed)``,
-    ``evaluation_batches()`` (``(x, y)`` batches) and ``evaluation_split`` (in-memory splits and streamed
-    sources of ``orchestrator.training`` both have them).
+    ``evaluation_batches(split=...)`` (``(x, y)`` batches) and ``evaluation_split`` (in-memory splits and
+    streamed sources of ``orchestrator.training`` both have them). The report is measured on
+    ``evaluation_split`` unless ``quantization.evaluation_split=validation``: a study that reads the
+    quantized model's accuracy as an objective keeps the test split unseen that way.
     """
     q = cfg.quantization
     if q.mode == QuantizationMode.none:
@@ -412,14 +473,30 @@ def convert_and_gate(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Pa
     if calib is not None and len(calib) < q.calibration_batches:
         log.warning("the training split yields %d calibration batches, fewer than quantization.calibration_batches=%d",
                     len(calib), q.calibration_batches)
-    report, content = compare(staging, q.mode, batches=splits.evaluation_batches(), output_name=cfg.export.output_name,
-                     calibration=calib, int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel), keep_dir=work)
-    report["evaluated_on"] = splits.evaluation_split
-    report["max_accuracy_drop"] = q.max_accuracy_drop
+    split = "validation" if q.evaluation_split == QuantizationSplit.validation else splits.evaluation_split
+    kind = prediction_kind(cfg)
+    report, content = compare(staging, q.mode, batches=splits.evaluation_batches(split=split), output_name=cfg.export.output_name,
+                     calibration=calib, int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel), keep_dir=work,
+                     kind=kind)
+    report["evaluated_on"] = split
+    if kind == PredictionKind.regression:
+        report["max_mae_increase"] = q.max_mae_increase
+    else:
+        report["max_accuracy_drop"] = q.max_accuracy_drop
     report["file"] = None
     shutil.rmtree(staging, ignore_errors=True)
     publish.write_json(work / "report.json", report)
-    print(f"tfscale: quantization={q.mode} on {report['test_examples']} {splits.evaluation_split} examples\n{format_table(report)}")
+    print(f"tfscale: quantization={q.mode} on {report['test_examples']} {split} examples\n{format_table(report)}")
+    hint = ("Raise quantization.calibration_batches, set quantization.int8_io=false, or try quantization=qat"
+            if q.mode == QuantizationMode.int8 else "Try a milder mode (float16, dynamic) or quantization=qat")
+    if kind == PredictionKind.regression:
+        if q.max_mae_increase is not None and report["mae_increase"] > q.max_mae_increase:
+            raise GateError(
+                f"quantization={q.mode} added {report['mae_increase']:.4f} to the mean absolute error "
+                f"({report['float']['mae']:.4f} -> {report['quantized']['mae']:.4f}), more than "
+                f"quantization.max_mae_increase={q.max_mae_increase} allows; nothing was published. {hint}, or relax "
+                f"the gate. Measurements: {work / 'report.json'}")
+        return Conversion(report, content)
     if q.max_accuracy_drop is not None and report["accuracy_drop"] > q.max_accuracy_drop:
         raise GateError(
             f"quantization={q.mode} lost {report['accuracy_drop'] * 100:.2f} accuracy points "

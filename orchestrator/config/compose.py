@@ -65,6 +65,34 @@ def _override_value(overrides: Sequence[str], key: str) -> Any:
     return MISSING_VALUE
 
 
+def _undeclared_study_key(cause: Any, parts: List[str], value: Any) -> Optional[ConfigError]:
+    """The error for a ``study.*`` key the study file does not declare: the study node is untyped, so Hydra
+    knows only the declared keys; this names the keys the study accepts there, with the closest one."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from orchestrator.config.study_keys import study_fields
+    from orchestrator.errors import MISSING_VALUE
+
+    parent = getattr(cause, "parent_node", None)
+    node = OmegaConf.to_container(parent, resolve=False) if isinstance(parent, DictConfig) else {}
+    fields = study_fields(parts[1:-1], node if isinstance(node, dict) else {})
+    if fields is None:
+        return None
+    key, full_key = parts[-1], ".".join(parts)
+    shown = "" if value is MISSING_VALUE else f"={value}"
+    prefix = ".".join(parts[:-1])
+    if key in fields:
+        return ConfigError(full_key, value, f"'{key}' is a study key this study file does not set; add it with "
+                                            f"+{full_key}{shown} (or set it in the study file).")
+    near = difflib.get_close_matches(key, fields, n=1)
+    hint = ""
+    if near:
+        declared = near[0] in (node or {})
+        hint = (f"Did you mean {prefix}.{near[0]}{shown}? " if declared else
+                f"Did you mean +{prefix}.{near[0]}{shown} (the study file does not set it, hence the +)? ")
+    return ConfigError(full_key, value, f"'{key}' is not a key of {prefix}. {hint}Valid keys: {', '.join(fields)}.")
+
+
 def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
     """Turn a Hydra/OmegaConf composition error into a ConfigError naming key, value and fix."""
     from hydra.errors import MissingConfigException
@@ -96,6 +124,14 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
             parts = full_key.split(".")
             keys = _schema_keys(parts[:-1]) if len(parts) > 1 else _schema_keys([])
             where = ".".join(parts[:-1]) or "the root config"
+            if parts[0] == "study" and len(parts) > 1:
+                # OmegaConf writes list items as key[0]; the command line says key.0.
+                dotted = re.sub(r"\[(\d+)\]", r".\1", full_key)
+                if value is MISSING_VALUE:
+                    value = _override_value(overrides, dotted)
+                study_error = _undeclared_study_key(cause, dotted.split("."), value)
+                if study_error is not None:
+                    return study_error
             if keys is not None:
                 near = difflib.get_close_matches(parts[-1], keys, n=1)
                 hint = f"Did you mean '{'.'.join(parts[:-1] + [near[0]])}'? " if near else ""

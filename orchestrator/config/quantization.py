@@ -9,7 +9,14 @@ import math
 import os
 from typing import Optional
 
-from orchestrator.config.schema import DataConfig, DataName, ExperimentConfig, MixedPrecision, QuantizationMode
+from orchestrator.config.schema import (
+    DataConfig,
+    DataName,
+    ExperimentConfig,
+    MixedPrecision,
+    QuantizationMode,
+    QuantizationSplit,
+)
 from orchestrator.errors import ConfigError
 
 #: Modes that calibrate activation ranges on batches of the training split.
@@ -28,9 +35,10 @@ QAT_LAYERS = frozenset({
 })
 
 # Training-set sizes of the built-in datasets before splitting (the Keras datasets bring their own test set).
-_DATASET_ROWS = {DataName.digits: 1797, DataName.mnist: 60000, DataName.fashion_mnist: 60000, DataName.cifar10: 50000}
+_DATASET_ROWS = {DataName.digits: 1797, DataName.diabetes: 442, DataName.mnist: 60000, DataName.fashion_mnist: 60000, DataName.cifar10: 50000}
 # Streamed sources bring their own test files (or evaluate on their validation files).
 _OWN_TEST_SET = frozenset({DataName.mnist, DataName.fashion_mnist, DataName.cifar10, DataName.tfrecord, DataName.csv_shards})
+_STREAMED = frozenset({DataName.tfrecord, DataName.csv_shards})
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -80,6 +88,19 @@ def _check_qat_layers(cfg: ExperimentConfig) -> None:
                 f"or use post-training quantization instead: quantization=int8.")
 
 
+def _check_validation_split(cfg: ExperimentConfig) -> None:
+    d = cfg.data
+    if d.name in _STREAMED:
+        if not (d.validation or d.spec):
+            raise ConfigError("quantization.evaluation_split", "validation",
+                              f"data={d.name} declares no validation files to measure the converted model on. Set "
+                              "data.validation to their file pattern, or quantization.evaluation_split=test.")
+    elif d.validation_split <= 0:
+        raise ConfigError("quantization.evaluation_split", "validation",
+                          f"data.validation_split={d.validation_split} leaves no validation split to measure the converted "
+                          "model on. Set data.validation_split (e.g. 0.1), or quantization.evaluation_split=test.")
+
+
 def check(cfg: ExperimentConfig) -> None:
     """Validate the ``quantization`` group against the rest of the experiment (no TensorFlow imported).
 
@@ -92,7 +113,9 @@ def check(cfg: ExperimentConfig) -> None:
                           "e.g. 0.005 for half a point, or null for no gate.")
     if q.mode == QuantizationMode.none:
         return
-    if cfg.data.test_split <= 0 and cfg.data.name not in _OWN_TEST_SET:
+    if q.evaluation_split == QuantizationSplit.validation:
+        _check_validation_split(cfg)
+    elif cfg.data.test_split <= 0 and cfg.data.name not in _OWN_TEST_SET:
         raise ConfigError("data.test_split", cfg.data.test_split,
                           f"quantization={q.mode} measures the converted model against the float one on the test split: "
                           "keep one, e.g. data.test_split=0.2, or use quantization=none.")

@@ -55,6 +55,7 @@ class DataName(Choice):
     fashion_mnist = enum.auto()
     cifar10 = enum.auto()
     files = enum.auto()
+    diabetes = enum.auto()  # scikit-learn's bundled diabetes regression data (442 rows, 10 features)
     tfrecord = enum.auto()  # sharded TFRecord files, streamed (orchestrator.training.streaming)
     csv_shards = enum.auto()  # sharded CSV files with a header line, streamed
 
@@ -84,6 +85,33 @@ class OptimizerName(Choice):
     sgd = enum.auto()
     rmsprop = enum.auto()
     adagrad = enum.auto()
+
+
+class ModelHead(Choice):
+    """``model.head``: the output layer tfscale puts after the declared layers (or the builder's model)."""
+
+    softmax = enum.auto()  # one class per example: probabilities over num_classes
+    sigmoid = enum.auto()  # multi-label: an independent probability per label (multi-hot targets)
+    linear = enum.auto()  # regression: raw values in the targets' units
+    none = enum.auto()  # the last declared layer (or the builder's model) is the output
+
+
+class SignatureKind(Choice):
+    """``export.signatures``: the SavedModel signatures a published version carries.
+
+    ``classification`` and ``regression`` take serialized ``tf.Example`` strings (TF Serving's Classify and
+    Regress APIs, method names ``tensorflow/serving/classify`` / ``.../regress``).
+    """
+
+    serving_default = enum.auto()
+    classification = enum.auto()
+    regression = enum.auto()
+
+
+class ExtraOutput(Choice):
+    """``export.outputs``: outputs ``serving_default`` adds to the model's own."""
+
+    classes = enum.auto()  # softmax / none: the argmax class id; sigmoid: the multi-hot labels over 0.5
 
 
 class OnMissingGpu(Choice):
@@ -156,6 +184,13 @@ class QuantizationMode(Choice):
     float16 = enum.auto()
     int8 = enum.auto()
     qat = enum.auto()
+
+
+class QuantizationSplit(Choice):
+    """``quantization.evaluation_split``: the split the converted model's accuracy is measured on."""
+
+    test = enum.auto()
+    validation = enum.auto()  # in a study whose objectives read it: the test split stays unseen by the search
 
 
 class TfjsQuantize(Choice):
@@ -235,17 +270,23 @@ class ModelConfig:
     """A model declared as a layer list (each layer a ``_target_`` to a tf_keras layer) or a builder.
 
     The exported model always takes raw inputs: tfscale puts an input layer named ``export.input_name``
-    and the dataset's rescaling in front of ``layers`` and a softmax classification head of
-    ``num_classes`` units named ``export.output_name`` after them.
+    and the dataset's rescaling in front of ``layers`` and the ``head`` named ``export.output_name`` after
+    them: ``softmax`` (classes), ``sigmoid`` (multi-label), ``linear`` (regression, in the targets' units) or
+    ``none`` (the last layer, or the builder's model, is the output). The loss and metrics must suit the head.
     """
 
     name: str = "mlp"
     layers: List[Any] = field(default_factory=list)
+    head: ModelHead = ModelHead.softmax
     builder: Optional[str] = None  # "package.module:function"(input_shape, num_classes, **builder_kwargs)
     builder_kwargs: Dict[str, Any] = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: str = "sparse_categorical_crossentropy"
     metrics: List[str] = field(default_factory=lambda: ["accuracy"])
+    # Where a layer's ``_target_`` (nested ones included) and ``builder`` may come from: dotted module
+    # prefixes, checked before anything is imported. The package of a ``-cd`` config directory is allowed too.
+    allowed_modules: List[str] = field(default_factory=lambda: ["tf_keras"])
+    allow_any_target: bool = False  # true: import and call any _target_ / builder (the config is trusted code)
 
 
 # ----------------------------------------------------------------------------------------- topology
@@ -317,18 +358,29 @@ class TrainerConfig:
     backup_and_restore: bool = False  # resume an interrupted fit from <run_dir>/backup
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     verbose: int = 2  # Keras progress: 0 silent, 1 bar, 2 one line per epoch
+    # Before fit: layer arguments, a forward pass, the serving signature and (when configured) the TFLite /
+    # TF.js conversion of the untrained model, so config mistakes fail in seconds (orchestrator.training.preflight).
+    preflight: bool = True
 
 
 # ------------------------------------------------------------------------------------------- export
 @dataclass
 class ExportConfig:
-    """Where the SavedModel version is published: ``<model_base>/<model_name>/<NNNN>``."""
+    """Where the SavedModel version is published: ``<model_base>/<model_name>/<NNNN>``, and its signatures.
+
+    ``serving_default`` has exactly the model's outputs, as a model exported by Keras itself (one output: TF
+    Serving answers ``predictions`` as a batch of arrays); ``outputs`` adds more to it (``[classes]``).
+    ``signatures`` may add ``classification`` / ``regression`` for TF Serving's Classify and Regress APIs;
+    their input is ``inputs`` (serialized tf.Example strings whose feature ``input_name`` holds the raw row).
+    """
 
     enabled: bool = True
     model_base: str = "models"
     model_name: str = "${data.name}_${model.name}"
     input_name: str = "features"
     output_name: str = "probabilities"
+    outputs: List[ExtraOutput] = field(default_factory=list)
+    signatures: List[SignatureKind] = field(default_factory=lambda: [SignatureKind.serving_default])
 
 
 # ------------------------------------------------------------------------------------------ backend
@@ -406,7 +458,9 @@ class QuantizationConfig:
     calibration_batch_size: int = 1
     int8_io: bool = False  # int8 / qat: integer input/output tensors instead of float
     dense_per_channel: bool = False  # per-channel (vs per-tensor) scales for Dense kernels: larger file
+    evaluation_split: QuantizationSplit = QuantizationSplit.test  # where the report's accuracy and latency are measured
     max_accuracy_drop: Optional[float] = None  # gate: accuracy (0..1 scale) the converted model may lose; null = none
+    max_mae_increase: Optional[float] = None  # gate of model.head=linear: mean absolute error (targets' units) it may add
 
 
 # ------------------------------------------------------------------------------------------- deploy

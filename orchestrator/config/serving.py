@@ -6,6 +6,7 @@ and :func:`check_tf_serving_deploy`, which raise :class:`~orchestrator.errors.Co
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -44,24 +45,59 @@ class BatchingConfig:
 
 
 @dataclass
+class AdminConfig:
+    """Who may change what is served at run time (gRPC ``ModelService.HandleReloadConfigRequest``).
+
+    Reload is off unless ``enable_reload``. When on, a caller must send ``authorization: Bearer <token>``
+    metadata with the token read from ``token_file`` or the environment variable ``token_env``, or present a
+    client certificate verified against ``grpc_tls_client_ca`` whose common name or DNS name is listed in
+    ``client_names`` (``["*"]``: any verified certificate). Every ``base_path`` of a reload must lie under one of
+    ``allowed_roots`` (default: ``model_base``, and ``model_base_path`` when set) after symlinks and ``..`` are
+    resolved.
+    """
+
+    enable_reload: bool = False
+    token_file: Optional[str] = None
+    token_env: str = "TFSCALE_SERVING_ADMIN_TOKEN"
+    client_names: List[str] = field(default_factory=list)
+    allowed_roots: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MonitoringConfig:
+    """TF Serving's Prometheus endpoint (``--monitoring_config_file``)."""
+
+    prometheus: bool = True
+    path: str = "/monitoring/prometheus/metrics"
+
+
+@dataclass
 class ServingConfig:
     """The embedded TF-Serving-compatible server (``tfscale serve``).
 
     What is served: ``model_config_file`` if set; else the one model ``<model_base>/<model_name>`` if
     ``model_name`` is set; else ``<model_base>/models.config`` if present; else every model directory
     under ``model_base``. ``version_policy`` and ``version_labels`` apply to models that are not described
-    by a models.config.
+    by a models.config. ``model_base_path`` (``tensorflow_model_server --model_base_path``) serves the one
+    model whose version directories are there, under the name ``model_name`` (default ``default``).
     """
 
     name: str = "default"
     model_base: str = "models"
     model_name: Optional[str] = None
     model_config_file: Optional[str] = None
+    model_base_path: Optional[str] = None  # one model's directory of versions, as tensorflow_model_server's flag
     host: str = "127.0.0.1"  # 0.0.0.0 to accept connections from other machines
     rest_port: int = 8501  # 0 = a free port (see ready_file)
     grpc_port: int = 8500  # 0 = a free port; -1 = no gRPC
     grpc_tls_cert: Optional[str] = None  # PEM certificate chain; with grpc_tls_key turns on TLS for gRPC
     grpc_tls_key: Optional[str] = None
+    grpc_tls_client_ca: Optional[str] = None  # PEM CA bundle: gRPC clients must present a certificate it signed (mTLS)
+    rest_tls_cert: Optional[str] = None  # PEM certificate chain; with rest_tls_key the REST API speaks HTTPS
+    rest_tls_key: Optional[str] = None
+    rest_tls_client_ca: Optional[str] = None  # PEM CA bundle: REST clients must present a certificate it signed (mTLS)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    unload_grace_s: float = 30.0  # a model directory that vanished keeps its versions serving this long
     file_system_poll_wait_seconds: float = 1.0  # 0 = load once, never poll
     version_policy: VersionPolicyConfig = field(default_factory=VersionPolicyConfig)
     version_labels: Dict[str, int] = field(default_factory=dict)
@@ -77,15 +113,8 @@ class ServingConfig:
     max_inflight_requests: int = 64  # predict requests in progress at once; more get 429 / RESOURCE_EXHAUSTED
     warmup: bool = True  # one call on each new version before it takes traffic
     ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)  # Prometheus endpoint on the REST port
     log_level: str = "INFO"
-
-
-@dataclass
-class MonitoringConfig:
-    """TF Serving's Prometheus endpoint (``--monitoring_config_file``)."""
-
-    prometheus: bool = True
-    path: str = "/monitoring/prometheus/metrics"
 
 
 @dataclass
@@ -159,9 +188,20 @@ def check_serving(s: ServingConfig, key: str = "serving") -> None:
     """Validate a composed :class:`ServingConfig`."""
     _port(f"{key}.rest_port", s.rest_port)
     _port(f"{key}.grpc_port", s.grpc_port, allow=(0, -1))
-    if bool(s.grpc_tls_cert) != bool(s.grpc_tls_key):
-        missing = "grpc_tls_key" if s.grpc_tls_cert else "grpc_tls_cert"
-        raise ConfigError(f"{key}.{missing}", None, "TLS needs both a certificate chain and its private key (PEM files).")
+    for side in ("grpc", "rest"):
+        cert, tls_key, client_ca = (getattr(s, f"{side}_tls_{n}") for n in ("cert", "key", "client_ca"))
+        if bool(cert) != bool(tls_key):
+            missing = f"{side}_tls_key" if cert else f"{side}_tls_cert"
+            raise ConfigError(f"{key}.{missing}", None, "TLS needs both a certificate chain and its private key (PEM files).")
+        if client_ca and not cert:
+            raise ConfigError(f"{key}.{side}_tls_client_ca", client_ca, f"Client certificates are checked during the TLS "
+                              f"handshake; also set {key}.{side}_tls_cert and {key}.{side}_tls_key.")
+        for name, value in (("cert", cert), ("key", tls_key), ("client_ca", client_ca)):
+            if value and not os.path.isfile(value):
+                raise ConfigError(f"{key}.{side}_tls_{name}", value, "No such file; give the path of a PEM file.")
+    if s.unload_grace_s < 0:
+        raise ConfigError(f"{key}.unload_grace_s", s.unload_grace_s, "Use seconds >= 0 (0 = unload as soon as a directory is gone).")
+    check_admin(f"{key}.admin", s.admin, s)
     if s.file_system_poll_wait_seconds < 0:
         raise ConfigError(f"{key}.file_system_poll_wait_seconds", s.file_system_poll_wait_seconds, "Use seconds >= 0 (0 = never poll).")
     if s.max_body_bytes < 1024:
@@ -174,9 +214,27 @@ def check_serving(s: ServingConfig, key: str = "serving") -> None:
             raise ConfigError(f"{key}.{name}", getattr(s, name), "Use a positive number.")
     if s.model_name is not None and ("/" in s.model_name or s.model_name.startswith(".")):
         raise ConfigError(f"{key}.model_name", s.model_name, "Give the model's directory name under model_base, not a path.")
+    if s.model_base_path is not None and not str(s.model_base_path).strip():
+        raise ConfigError(f"{key}.model_base_path", s.model_base_path, "Give the directory holding the model's version "
+                          "directories, or null to serve model_base.")
+    if s.monitoring.prometheus and not str(s.monitoring.path).startswith("/"):
+        raise ConfigError(f"{key}.monitoring.path", s.monitoring.path, "Use an absolute URL path, e.g. /monitoring/prometheus/metrics.")
     check_version_policy(f"{key}.version_policy", s.version_policy)
     check_labels(f"{key}.version_labels", s.version_labels)
     check_batching(f"{key}.batching", s.batching)
+
+
+def check_admin(key: str, a: AdminConfig, s: ServingConfig) -> None:
+    """Shape checks of :class:`AdminConfig`; the token itself is read when the server starts."""
+    if a.client_names and not s.grpc_tls_client_ca:
+        raise ConfigError(f"{key}.client_names", list(a.client_names), "Client names are taken from verified client "
+                          "certificates; set serving.grpc_tls_client_ca (and the gRPC TLS certificate and key).")
+    if a.token_file and not os.path.isfile(a.token_file):
+        raise ConfigError(f"{key}.token_file", a.token_file, "No such file; write the token (one line) to a file "
+                          "readable only by the server's user.")
+    for root in a.allowed_roots:
+        if not str(root).strip():
+            raise ConfigError(f"{key}.allowed_roots", list(a.allowed_roots), "Remove the empty entry; list repository directories.")
 
 
 def check_tf_serving_deploy(d: TfServingDeployConfig, key: str = "deploy.tf_serving") -> None:

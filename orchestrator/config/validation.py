@@ -13,6 +13,9 @@ import strategies
 from strategies.tf_config import describe_counts, role_counts, role_topology
 from orchestrator.config import registry
 from orchestrator.config.data import check_data
+from orchestrator.config.heads import check_head
+from orchestrator.config.paths import check_names, check_output_directories
+from orchestrator.config.targets import check_targets
 from orchestrator.config.streams import check_workers as check_stream_workers
 from orchestrator.config.schema import (ExperimentConfig, ExportConfig, MixedPrecision, ModelConfig, TrainerConfig)
 from orchestrator.errors import ConfigError
@@ -119,9 +122,12 @@ def validate(cfg: ExperimentConfig) -> Dict[str, Any]:
 
     Raises ConfigError on the first problem. Imports no TensorFlow.
     """
+    check_names(cfg)
     check_data(cfg.data)
     check_stream_workers(cfg)
     check_model(cfg.model)
+    check_targets(cfg)
+    check_head(cfg)
     check_trainer(cfg.trainer)
     check_export(cfg.export)
     from orchestrator.config.quantization import check as check_quantization
@@ -134,4 +140,5 @@ def validate(cfg: ExperimentConfig) -> Dict[str, Any]:
             plan_devices(role_topology(cfg, role))
     replicas = check_strategy(cfg, plan)
     registry.deploy_target(cfg.deploy.target).check(cfg)
+    check_output_directories(cfg)  # last: the only check that touches the filesystem (creates and removes a probe)
     return {"devices": plan, "replicas": replicas}

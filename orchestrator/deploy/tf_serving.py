@@ -96,7 +96,7 @@ class TfServingTarget(DeployTarget):
         import yaml
 
         manifest = out / "kubernetes.yaml"
-        publish.write_text(manifest, yaml.safe_dump_all(cf.kubernetes_manifest(d, model_base, _k8s_name(name)), sort_keys=False))
+        publish.write_text(manifest, yaml.safe_dump_all(cf.kubernetes_manifest(d, model_base, _k8s_name(name), model=name), sort_keys=False))
         files["kubernetes_manifest"] = str(manifest)
 
         notes = _label_notes(entry)
@@ -148,28 +148,24 @@ def smoke_test(d: TfServingDeployConfig, config_path: Path, model_base: Path, na
     """Start a server on the repository, check ``name``/``version`` answers like the SavedModel in process."""
     import numpy as np
 
+    from orchestrator.serving.config_files import BATCHING_FILE, MONITORING_FILE, server_args
+
     binary = shutil.which(d.binary) if d.launch in ("auto", "binary") else None
     rest_port = d.smoke_rest_port or _free_port()
     grpc_port = d.smoke_grpc_port or _free_port()
     log_path = out / "server.log"
+    # The binary and the embedded server get the same flags and read the same files: the smoke test runs
+    # what the launch plan runs.
+    flags = server_args(grpc_port=grpc_port, rest_port=rest_port, config_file=str(config_path),
+                        batching_file=str(model_base / BATCHING_FILE) if d.batching.enabled else None,
+                        monitoring_file=str(model_base / MONITORING_FILE) if d.monitoring.prometheus else None,
+                        poll_seconds=d.file_system_poll_wait_seconds)
     if binary:
-        from orchestrator.serving.config_files import BATCHING_FILE, MONITORING_FILE, server_args
-
-        cmd = [binary, *server_args(grpc_port=grpc_port, rest_port=rest_port, config_file=str(config_path),
-                                    batching_file=str(model_base / BATCHING_FILE) if d.batching.enabled else None,
-                                    monitoring_file=str(model_base / MONITORING_FILE) if d.monitoring.prometheus else None,
-                                    poll_seconds=d.file_system_poll_wait_seconds)]
+        cmd = [binary, *flags]
         kind = "tensorflow_model_server"
     else:
-        b = d.batching
-        cmd = [sys.executable, "-m", "orchestrator.serving", f"serving.model_config_file={config_path}",
-               f"serving.model_base={model_base}", "serving.host=127.0.0.1",
-               f"serving.rest_port={rest_port}", f"serving.grpc_port={grpc_port}",
-               f"serving.file_system_poll_wait_seconds={d.file_system_poll_wait_seconds}",
-               f"serving.batching.enabled={str(b.enabled).lower()}", f"serving.batching.max_batch_size={b.max_batch_size}",
-               f"serving.batching.batch_timeout_micros={b.batch_timeout_micros}",
-               f"serving.batching.num_batch_threads={b.num_batch_threads}",
-               f"serving.batching.max_enqueued_batches={b.max_enqueued_batches}"]
+        cmd = [sys.executable, "-m", "orchestrator.serving", "serve", *flags, f"serving.model_base={model_base}",
+               "serving.host=127.0.0.1"]  # a smoke test needs no other machine
         kind = "embedded"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")] if p)

@@ -1,12 +1,15 @@
-"""Hydra launchers that run each sweep job (a study trial) in a fresh process.
+"""Hydra launchers that run each sweep job (a study trial) in a process of its own.
 
 Like Hydra's own launchers (joblib, submitit, ray), these run the task function Hydra hands them through
-``hydra.core.utils.run_job``, on the job's config composed once here (``load_sweep_config``); so they run
-any Hydra app, tfscale's (``orchestrator.app.cli.hydra_task``) among them. Unlike joblib's pool, every job
-gets a process of its own, because a trial's device topology is applied before TensorFlow initialises:
+``hydra.core.utils.run_job``, on the job's config composed once (by the caller that hands it over, or here
+with ``load_sweep_config``); so they run any Hydra app, tfscale's (``orchestrator.app.cli.hydra_task``) among
+them. Unlike joblib's pool, every job gets a process of its own, because a trial's device topology is
+applied before TensorFlow initialises:
 
-* :class:`ProcessesLauncher` runs the jobs of a batch on this machine, up to ``max_parallel`` at a time, each
-  as ``python -m orchestrator.launch.job_process`` (see there). With GPUs, parallel jobs get disjoint GPUs
+* :class:`ProcessesLauncher` runs jobs on this machine, up to ``max_parallel`` at a time. Each slot keeps a
+  warm process that has imported TensorFlow and forks a child per job (see
+  :mod:`orchestrator.launch.trial_pool`); with ``warm=false``, each job is a fresh
+  ``python -m orchestrator.launch.job_process`` (see there). With GPUs, parallel jobs get disjoint GPUs
   through ``CUDA_VISIBLE_DEVICES``.
 * :class:`RayLauncher` runs each job in a fresh Ray worker process (``max_calls=1``) that reserves
   ``cpus_per_trial``/``gpus_per_trial``. A job whose own config is ``backend=ray`` joins the same Ray
@@ -16,11 +19,14 @@ gets a process of its own, because a trial's device topology is applied before T
   on its node and its files come back with its result into the job's directory here (the study uploads
   them with the rest when ``hydra.sweep.dir`` is a bucket), and its models must go to a storage URI.
 
-Job directories are ``hydra.sweep.dir/hydra.sweep.subdir`` with ``hydra.job.num`` = the job index the
-caller passes (for a study, the trial id). Each job talks to the driver through its
-:class:`~orchestrator.launch.trial_channel.TrialChannel`: its output goes to the channel's log, and a stop
-request on the channel stops the job (early stopping), which then returns FAILED with
-:class:`TrialStoppedError`. Jobs never outlive the driver (see :mod:`orchestrator.runtime.supervisor`).
+Besides Hydra's ``launch`` (a batch, all of it returned at once), both offer the incremental API a study's
+sweeper uses to keep every slot busy (see :class:`_BaseLauncher`): ``open``, ``start`` one job, ``poll`` for
+the jobs that ended, ``stop`` one. Job directories are ``hydra.sweep.dir/hydra.sweep.subdir`` with
+``hydra.job.num`` = the job number the caller gives (for a study, the trial id; any numbers, in any
+order). Each job talks to the driver through its :class:`~orchestrator.launch.trial_channel.TrialChannel`:
+its output goes to the channel's log, and a stop request on the channel (or ``stop``) stops the job, which
+then returns FAILED with :class:`TrialStoppedError`. Jobs never outlive the driver (see
+:mod:`orchestrator.runtime.supervisor`).
 """
 from __future__ import annotations
 
@@ -31,9 +37,10 @@ import signal
 import sys
 import threading
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -133,6 +140,14 @@ def gpu_slots(parallel: int, gpus: Sequence[str], gpus_per_trial: Optional[int])
 
 # ------------------------------------------------------------------------------------------ common
 class _BaseLauncher(Launcher):
+    """Hydra's ``launch`` on top of an incremental API a study's sweeper uses directly.
+
+    The protocol: :meth:`open` once with the number of trials wanted at a time (it returns how many slots it
+    has, and may warm them up); then :meth:`start` a job (:meth:`job`) whenever fewer than that many run;
+    :meth:`poll` returns the jobs that ended (stopped ones included) as soon as one does; :meth:`stop` stops one
+    job, or with no argument every job and the slots. A slot is free again once :meth:`poll` returned its job.
+    """
+
     def __init__(self) -> None:
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -143,38 +158,116 @@ class _BaseLauncher(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
+    # -- the incremental API ----------------------------------------------------------------------------
+    def job(self, overrides: Sequence[str], num: int, config: Optional[DictConfig] = None) -> Job:
+        """Job ``num`` with its config (composed by the caller, e.g. a sweeper that validated it, or here) and
+        its directory created."""
+        if self.config is None or self.hydra_context is None or self.task_function is None:
+            raise RuntimeError("job() called before setup()")
+        if config is None:
+            config = compose_job(self.hydra_context, self.config, overrides, num)
+        channel = TrialChannel.of_job(config)
+        channel.dir.mkdir(parents=True, exist_ok=True)
+        return Job(num=num, overrides=list(overrides), config=config, channel=channel)
+
+    def open(self, parallel: int) -> int:
+        """Get ready to run up to ``parallel`` jobs at a time; the number of slots (at most ``parallel``)."""
+        from hydra.core.utils import configure_log
+
+        if self.config is None:
+            raise RuntimeError("open() called before setup()")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        return self._open(max(1, int(parallel)))
+
+    @abstractmethod
+    def _open(self, parallel: int) -> int:
+        ...
+
+    @abstractmethod
+    def start(self, job: Job) -> None:
+        """Start ``job`` now, on a free slot."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> List[Tuple[Job, JobReturn]]:
+        """The jobs that ended, each with its JobReturn; waits up to ``timeout`` s for the first one.
+
+        A job whose channel asks to stop (:meth:`TrialChannel.request_stop`) is stopped here.
+        """
+
+    @abstractmethod
+    def stop(self, num: Optional[int] = None) -> None:
+        """Stop job ``num`` (its JobReturn, FAILED with :class:`TrialStoppedError`, comes from :meth:`poll`);
+        with no ``num``, stop every job and release the slots."""
+
+    # -- Hydra's contract -------------------------------------------------------------------------------
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Run a batch of jobs, numbered from ``initial_job_idx``, up to the slots at a time; their JobReturns."""
+        jobs = self._jobs(job_overrides, initial_job_idx)
+        if not jobs:
+            return []
+        slots = self.open(len(jobs))
+        pending = list(jobs)
+        results: Dict[int, JobReturn] = {}
+        running = 0
+        try:
+            while pending or running:
+                while pending and running < slots:
+                    self.start(pending.pop(0))
+                    running += 1
+                for job, ret in self.poll(0.1):
+                    results[job.num] = ret
+                    running -= 1
+        finally:
+            self.stop()
+        return [results[job.num] for job in jobs]
+
     def _jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[Job]:
         """Compose every job of the batch (once each) and create its directory."""
-        from hydra.core.utils import configure_log, filter_overrides
+        from hydra.core.utils import filter_overrides
 
-        if self.config is None or self.hydra_context is None or self.task_function is None:
+        if self.config is None:
             raise RuntimeError("launch() called before setup()")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Launching %d job(s) with %s, sweep output dir: %s", len(job_overrides), type(self).__name__,
-                 sweep_dir)
+                 self.config.hydra.sweep.dir)
         jobs = []
         for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
-            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-            config = compose_job(self.hydra_context, self.config, overrides, num)
-            channel = TrialChannel.of_job(config)
-            channel.dir.mkdir(parents=True, exist_ok=True)
-            jobs.append(Job(num=num, overrides=list(overrides), config=config, channel=channel))
+            log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(overrides)))
+            jobs.append(self.job(overrides, initial_job_idx + i))
         return jobs
 
-    def _payload(self, job: Job, singleton_state: Any) -> Dict[str, Any]:
+    def _payload(self, job: Job) -> Dict[str, Any]:
+        from hydra.core.singleton import Singleton
+
         return job_process.payload(task_function=self.task_function, config=job.config,
-                                   hydra_context=self.hydra_context, singleton_state=singleton_state)
+                                   hydra_context=self.hydra_context, singleton_state=Singleton.get_state())
 
 
 # --------------------------------------------------------------------------------------- processes
+@dataclass
+class _Running:
+    job: Job
+    slot: int
+    job_file: Path
+    child: Any = None  # a fresh job process (supervisor.Child); None on a warm slot
+    kill_at: Optional[float] = None  # stopping: SIGKILL at this monotonic time
+    follower: Optional[threading.Event] = None  # set to end the echo of its log (stream_logs)
+
+    @property
+    def stopping(self) -> bool:
+        return self.kill_at is not None
+
+
 class ProcessesLauncher(_BaseLauncher):
-    """Each job a fresh process on this machine; up to ``max_parallel`` at once."""
+    """Jobs on this machine, up to ``max_parallel`` at once, each in a process of its own.
+
+    With ``warm`` (the default, where ``os.fork`` exists) each slot keeps a warm process that forks a child per
+    job (:mod:`orchestrator.launch.trial_pool`); otherwise each job is a fresh
+    ``python -m orchestrator.launch.job_process``.
+    """
 
     def __init__(self, max_parallel: Optional[int] = None, gpus_per_trial: Optional[int] = None,
-                 stop_timeout_s: float = 10.0, stream_logs: bool = False) -> None:
+                 stop_timeout_s: float = 10.0, stream_logs: bool = False, warm: bool = True) -> None:
         super().__init__()
         if max_parallel is not None and max_parallel < 1:
             raise ConfigError("hydra.launcher.max_parallel", max_parallel, "Use null (the whole batch) or >= 1.")
@@ -182,84 +275,153 @@ class ProcessesLauncher(_BaseLauncher):
         self.gpus_per_trial = gpus_per_trial
         self.stop_timeout_s = float(stop_timeout_s)
         self.stream_logs = bool(stream_logs)
+        self.warm = bool(warm) and hasattr(os, "fork")
+        self._gpus: List[Optional[List[str]]] = []
+        self._free: List[int] = []
+        self._running: Dict[int, _Running] = {}
+        self._pool: Any = None
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from hydra.core.singleton import Singleton
+    def _open(self, parallel: int) -> int:
+        self.stop()
+        count = min(parallel, self.max_parallel or parallel)
+        self._gpus = gpu_slots(count, visible_gpu_ids(), self.gpus_per_trial)
+        self._free = list(range(len(self._gpus)))
+        if self.warm:
+            from orchestrator.launch import warm_task
+            from orchestrator.launch.trial_pool import TrialPool
 
-        jobs = self._jobs(job_overrides, initial_job_idx)
-        if not jobs:
-            return []
-        parallel = min(len(jobs), self.max_parallel or len(jobs))
-        slots = gpu_slots(parallel, visible_gpu_ids(), self.gpus_per_trial)
-        free = list(range(len(slots)))
-        pending = list(jobs)
-        singletons = Singleton.get_state()
-        running: Dict[int, list] = {}  # job num -> [job, slot, child, job file, stopped]
-        results: Dict[int, JobReturn] = {}
+            tensorflow = job_process.wants_warm_start(self.task_function) and warm_task.enabled()
+            self._pool = TrialPool([self._env(slot) for slot in self._free], tensorflow=tensorflow,
+                                   grace=self.stop_timeout_s)
+        return len(self._gpus)
+
+    def _env(self, slot: int, job: Optional[Job] = None) -> Dict[str, str]:
+        env = dict(os.environ, **(job.channel.env() if job is not None else {}))
+        if self._gpus[slot] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self._gpus[slot])
+        return env
+
+    def start(self, job: Job) -> None:
+        if not self._free:
+            raise RuntimeError(f"job {job.num}: every slot is busy; start a job once poll() returned one")
+        slot = self._free.pop(0)
+        env = self._env(slot, job)
+        job_file = job_process.write_job(job.channel.dir, self._payload(job))
+        job.channel.log_path.write_bytes(b"")
+        running = _Running(job, slot, job_file)
         try:
-            while pending or running:
-                while pending and free:
-                    job, slot = pending.pop(0), free.pop(0)
-                    env = dict(os.environ, **job.channel.env())
-                    if slots[slot] is not None:
-                        env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
-                    job_file = job_process.write_job(job.channel.dir, self._payload(job, singletons))
-                    log.info("job %d: started%s -> %s", job.num,
-                             f" on GPU(s) {env['CUDA_VISIBLE_DEVICES']}" if slots[slot] else "", job.channel.dir)
-                    running[job.num] = [job, slot, self._start(job, job_file, env), job_file, False]
-                time.sleep(0.1)
-                for num, entry in list(running.items()):
-                    job, slot, child, job_file, stopped = entry
-                    if not stopped and child.poll() is None and job.channel.stop_requested:
-                        log.info("job %d: stopping (stop requested)", num)
-                        child.stop(self.stop_timeout_s)
-                        entry[4] = stopped = True
-                    if child.poll() is not None:
-                        results[num] = self._result(job, job_file, child.returncode, stopped)
-                        del running[num]
-                        free.append(slot)
-        finally:
-            for job, _, child, _, _ in running.values():
-                child.stop(self.stop_timeout_s)
-        return [results[job.num] for job in jobs]
+            if self._pool is not None:
+                self._pool.run(slot, job.num, job_file, env, job.channel.log_path)
+            else:
+                running.child = self._start(job, job_file, env)
+        except BaseException:
+            self._free.insert(0, slot)
+            raise
+        self._running[job.num] = running
+        log.info("job %d: started%s -> %s", job.num, f" on GPU(s) {env['CUDA_VISIBLE_DEVICES']}"
+                 if self._gpus[slot] else "", job.channel.dir)
+        if self.stream_logs:
+            running.follower = threading.Event()
+            threading.Thread(target=_follow, args=(job.channel.log_path, f"[trial {job.num}] ", running.follower),
+                             daemon=True).start()
 
     def _start(self, job: Job, job_file: Path, env: Dict[str, str]) -> Any:
-        """Start ``job``'s process in its own process group, tied to this one, output into its log."""
+        """Start ``job``'s own process in its own process group, tied to this one, output into its log."""
         from orchestrator.runtime import supervisor
 
         argv = job_process.command(job_file, warm=job_process.wants_warm_start(self.task_function))
-        logf = open(job.channel.log_path, "wb")
-        try:
+        with open(job.channel.log_path, "ab") as logf:
             # SIGTERM when the driver dies lets the job stop its own children and record how its run ended.
-            child = supervisor.start(argv, env=env, cwd=os.getcwd(), stdout=supervisor.PIPE if self.stream_logs else logf,
-                                     stderr=supervisor.STDOUT, death_signal=signal.SIGTERM,
-                                     exit_grace=self.stop_timeout_s)
-        except BaseException:
-            logf.close()
-            raise
-        if self.stream_logs:
-            threading.Thread(target=_pump, args=(child.stdout, logf, f"[trial {job.num}] "), daemon=True).start()
-        else:
-            logf.close()
-        return child
+            return supervisor.start(argv, env=env, cwd=os.getcwd(), stdout=logf, stderr=supervisor.STDOUT,
+                                    death_signal=signal.SIGTERM, exit_grace=self.stop_timeout_s)
+
+    def poll(self, timeout: float) -> List[Tuple[Job, JobReturn]]:
+        for num, running in list(self._running.items()):
+            if not running.stopping and running.job.channel.stop_requested:
+                log.info("job %d: stopping (stop requested)", num)
+                self.stop(num)
+        codes: Dict[int, Optional[int]] = {}
+        fresh = [r for r in self._running.values() if r.child is not None]
+        wait = min(timeout, 0.05) if fresh or any(r.stopping for r in self._running.values()) else timeout
+        if self._pool is not None:
+            codes.update(self._pool.wait(wait))
+        elif wait > 0:
+            time.sleep(wait)
+        now = time.monotonic()
+        for running in fresh:
+            if running.child.poll() is not None:
+                codes[running.job.num] = running.child.returncode
+            elif running.kill_at is not None and now >= running.kill_at:
+                running.child.send(signal.SIGKILL)
+        ended = []
+        for num, code in codes.items():
+            running = self._running.pop(num, None)
+            if running is None:
+                continue
+            if running.follower is not None:
+                running.follower.set()
+            self._free.append(running.slot)
+            ended.append((running.job, self._result(running.job, running.job_file, code, running.stopping)))
+        return ended
+
+    def stop(self, num: Optional[int] = None) -> None:
+        if num is not None:
+            running = self._running.get(num)
+            if running is None or running.stopping:
+                return
+            running.kill_at = time.monotonic() + self.stop_timeout_s
+            if running.child is not None:
+                running.child.send(signal.SIGTERM)
+            else:
+                self._pool.stop(num)
+            return
+        try:
+            for running in self._running.values():
+                if running.child is not None:
+                    running.child.stop(self.stop_timeout_s)
+                if running.follower is not None:
+                    running.follower.set()
+        finally:
+            self._running.clear()
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                pool.close()
 
     @staticmethod
-    def _result(job: Job, job_file: Path, returncode: int, stopped: bool) -> JobReturn:
+    def _result(job: Job, job_file: Path, returncode: Optional[int], stopped: bool) -> JobReturn:
         ret = job_process.read_return(job_file)
         if stopped:
             return job.stopped()
         if ret is None:
-            return job.failed(TaskFailedError(f"job {job.num} exited with code {returncode} before returning a "
-                                              f"result. Log {job.channel.log_path}:\n{_tail(job.channel.log_path)}"))
+            how = ("its warm process died" if returncode is None else
+                   f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}")
+            return job.failed(TaskFailedError(f"job {job.num} {how} before returning a result. Log "
+                                              f"{job.channel.log_path}:\n{_tail(job.channel.log_path)}"))
         return ret
 
 
-def _pump(stream: Any, logf: Any, prefix: str) -> None:
-    with logf:
-        for line in stream:
-            logf.write(line)
-            sys.stdout.write(prefix + line.decode(errors="replace"))
-        sys.stdout.flush()
+def _follow(path: Path, prefix: str, done: threading.Event) -> None:
+    """Echo the lines of a job's log as they are written, each prefixed, until ``done`` is set (stream_logs)."""
+    position, partial = 0, b""
+    while True:
+        finished = done.is_set()
+        try:
+            with open(path, "rb") as f:
+                f.seek(position)
+                data = f.read()
+        except OSError:
+            data = b""
+        position += len(data)
+        *lines, partial = (partial + data).split(b"\n")
+        if finished and partial:
+            lines, partial = lines + [partial], b""
+        for line in lines:
+            sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
+        if lines:
+            sys.stdout.flush()
+        if finished:
+            return
+        done.wait(0.2)
 
 
 # ------------------------------------------------------------------------------------------- Ray
@@ -269,7 +431,8 @@ class RayLauncher(_BaseLauncher):
     The driver connects to ``address`` (or ``RAY_ADDRESS``; else it starts a local Ray of ``num_cpus``) in
     ``setup`` and keeps it for the rest of the sweep. Jobs on nodes that do not share this machine's files
     bring their directory back with their result (see the module doc); their per-epoch metrics are then
-    read when they end, so early stopping sees a trial only once it finished.
+    read when they end, so early stopping sees a trial only once it finished. Ray places the jobs: every
+    slot :meth:`open` grants is a job submitted at once, which starts when the cluster has its resources.
     """
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None, cpus_per_trial: float = 1.0,
@@ -285,11 +448,13 @@ class RayLauncher(_BaseLauncher):
         self.stop_timeout_s = float(stop_timeout_s)
         self._remote: Any = None
         self._elsewhere = False  # the nodes do not share this machine's files
+        self._refs: Dict[int, Tuple[Job, Any]] = {}  # running job number -> (job, its Ray object ref)
+        self._stopped: set = set()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        # Ray's GCS and raylet die with the thread that started them (PR_SET_PDEATHSIG), and the sweeper
-        # calls launch() from a worker thread per batch: connect here, on the caller's thread.
+        # Ray's GCS and raylet die with the thread that started them (PR_SET_PDEATHSIG): connect here, on the
+        # thread that sets the launcher up (the driver's main thread), not on whichever thread launches.
         self._ray()
 
     def _ray(self) -> Any:
@@ -326,55 +491,68 @@ class RayLauncher(_BaseLauncher):
                 OmegaConf.update(job.config, "backend.ray_address", gcs_address)
         return 0.0
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from hydra.core.singleton import Singleton
+    def _open(self, parallel: int) -> int:
+        self.stop()
+        self._ray()
+        return parallel
 
-        jobs = self._jobs(job_overrides, initial_job_idx)
-        if not jobs:
-            return []
-        ray = self._ray()
-        gcs = ray.get_runtime_context().gcs_address
-        singletons = Singleton.get_state()
-        refs: Dict[int, Any] = {}
-        for job in jobs:
-            cpus = self._join_cluster(job, gcs)
-            refs[job.num] = self._start(job, singletons, cpus)
-            log.info("job %d: submitted to Ray (%g CPU, %g GPU) -> %s", job.num, cpus, self.gpus_per_trial,
-                     job.channel.dir)
-        results: Dict[int, JobReturn] = {}
-        stopped: set = set()
-        pending = dict(refs)
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=0.1)
-                for job in jobs:
-                    ref = pending.get(job.num)
-                    if ref is None:
-                        continue
-                    if ref in ready:
-                        results[job.num] = self._result(ray, job, ref, job.num in stopped)
-                        del pending[job.num]
-                    elif job.num not in stopped and job.channel.stop_requested:
-                        log.info("job %d: stopping (stop requested)", job.num)
-                        ray.cancel(ref, force=True)  # ends the job's worker process, and its children with it
-                        stopped.add(job.num)
-        finally:
-            for ref in pending.values():
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # already finished or Ray shutting down: nothing left to cancel
-                    pass
-        return [results[job.num] for job in jobs]
-
-    def _start(self, job: Job, singletons: Any, cpus: float) -> Any:
-        """Submit ``job`` to a fresh worker reserving ``cpus`` and this launcher's GPUs; its output to its log.
+    def start(self, job: Job) -> None:
+        """Submit ``job`` to a fresh worker reserving its CPUs and this launcher's GPUs; its output to its log.
 
         Ray sets CUDA_VISIBLE_DEVICES in the worker for the GPUs it reserved.
         """
+        ray = self._ray()
+        cpus = self._join_cluster(job, ray.get_runtime_context().gcs_address)
         job.channel.log_path.unlink(missing_ok=True)
         log_to = job.channel.log_path.name if self._elsewhere else str(job.channel.log_path)
-        return self._remote.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(
-            self._payload(job, singletons), log_to, job.channel.env())
+        ref = self._remote.options(num_cpus=cpus, num_gpus=self.gpus_per_trial).remote(
+            self._payload(job), log_to, job.channel.env())
+        self._refs[job.num] = (job, ref)
+        log.info("job %d: submitted to Ray (%g CPU, %g GPU) -> %s", job.num, cpus, self.gpus_per_trial,
+                 job.channel.dir)
+
+    def poll(self, timeout: float) -> List[Tuple[Job, JobReturn]]:
+        ray = self._ray()
+        for num, (job, _) in list(self._refs.items()):
+            if num not in self._stopped and job.channel.stop_requested:
+                log.info("job %d: stopping (stop requested)", num)
+                self.stop(num)
+        if not self._refs:
+            time.sleep(max(0.0, timeout))
+            return []
+        refs = [ref for _, ref in self._refs.values()]
+        ready, _ = ray.wait(refs, num_returns=1, timeout=max(0.0, timeout))
+        if ready:  # and whatever else is ready by now
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        ended = []
+        for num, (job, ref) in list(self._refs.items()):
+            if ref in ready:
+                del self._refs[num]
+                stopped = num in self._stopped
+                self._stopped.discard(num)
+                ended.append((job, self._result(ray, job, ref, stopped)))
+        return ended
+
+    def stop(self, num: Optional[int] = None) -> None:
+        if num is not None:
+            entry = self._refs.get(num)
+            if entry is not None and num not in self._stopped:
+                self._stopped.add(num)
+                self._cancel(entry[1])  # ends the job's worker process, and its children with it
+            return
+        for _, ref in self._refs.values():
+            self._cancel(ref)
+        self._refs.clear()
+        self._stopped.clear()
+
+    @staticmethod
+    def _cancel(ref: Any) -> None:
+        import ray
+
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # already finished or Ray shutting down: nothing left to cancel
+            pass
 
     def _result(self, ray: Any, job: Job, ref: Any, stopped: bool) -> JobReturn:
         try:

@@ -214,16 +214,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         from orchestrator.launch import warm_task
 
         warm_task.start()  # TensorFlow imports in the task process while this one unpickles
+    return run_job_file(args.job_file)
+
+
+def run_job_file(job_file: Path) -> int:
+    """Run the job of ``job_file`` in this process and write its JobReturn next to it; 0 once written.
+
+    The body of a job process, and of a trial forked by a warm trial process
+    (:mod:`orchestrator.launch.trial_pool`).
+    """
     from orchestrator.runtime import supervisor
 
     supervisor.install_signal_handlers()  # a stopped job unwinds (its run record says so, its children stop)
-    with open(args.job_file, "rb") as f:
+    with open(job_file, "rb") as f:
         job = pickle.load(f)
-    args.job_file.unlink(missing_ok=True)  # it holds the whole config, secrets included: gone once read
+    Path(job_file).unlink(missing_ok=True)  # it holds the whole config, secrets included: gone once read
     ret = execute(job)
     import cloudpickle
 
-    _write_atomically(args.job_file.parent / _RETURN_FILE, cloudpickle.dumps(ret))
+    _write_atomically(Path(job_file).parent / _RETURN_FILE, cloudpickle.dumps(ret))
     return 0
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
@@ -34,7 +33,7 @@ class LocalBackend(Backend):
 
         task = warm_task.take()
         if task is not None:
-            why = task.unsuitable_because(cfg) if "tensorflow" not in sys.modules else "TensorFlow is already imported here"
+            why = task.unsuitable_because(cfg)
             if why is not None:
                 log.info("training in a spawned task process instead of the warm one: %s", why)
                 task.discard()

@@ -10,20 +10,19 @@ rejects. When the batch returns, each trial is completed, failed or stopped in t
 **The study** is the root ``study:`` node: the native form of :meth:`StudySpec.from_dict`, or an AI
 Platform (``trainingInput: ...``) or Vertex (``studySpec: ...``) dict given verbatim, plus
 
-* ``name`` — the study's name (used by ``conf/study/*.yaml`` for ``hydra.sweep.dir``);
-* ``param_map`` — AI Platform/Vertex only: ``parameterName`` → config key.
+* ``name`` — the study's name (default: the ``study=`` option); the study lives in
+  ``<runs_dir>/studies/<name>`` unless ``hydra.sweep.dir`` is set, so the same command resumes it;
+* ``param_map`` — AI Platform/Vertex only: ``parameterName`` → config key;
+* ``warm_start_from`` — earlier studies whose completed trials the designer learns from.
 
-**The objective** of a trial, by the metric tag, is looked up in this order:
+See :mod:`orchestrator.launch.study_home`. One driver runs a study at a time (the store's driver lock).
 
-1. the trial's return value (``metrics.json``): ``validation.accuracy``-style paths and top-level keys
-   as is; ``accuracy``/``epoch_accuracy``/``val_accuracy``/``validation/epoch_accuracy`` →
-   ``validation.accuracy`` (``test.accuracy`` when the run has no validation split); ``test_accuracy`` →
-   ``test.accuracy``; ``train/epoch_loss`` → ``train.loss``. The validation split is the default because
-   the test split must stay unseen by the search;
-2. the TensorBoard event files under the trial's directory (:func:`tuners.read_tb_scalar`, last value);
-3. the trial's ``report_metric`` lines (last value of the tag).
+**The objectives** of a trial — the value of each study metric, by its tag — are read by
+:mod:`orchestrator.launch.objectives`: from the trial's return value (``metrics.json``), else its
+TensorBoard event files, else its ``report_metric`` lines. A multi-objective study (``metrics:``) ends by
+printing its Pareto set, each point with its overrides and run directory.
 
-If the first trial to finish reports the tag nowhere, the study stops with an error naming the tag and
+If the first trial to finish reports a tag nowhere, the study stops with an error naming the tag and
 the tags that were found.
 """
 from __future__ import annotations
@@ -42,125 +41,34 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from orchestrator.errors import ConfigError, TfscaleError
+from orchestrator.launch.objectives import (  # noqa: F401  (objective_from_* re-exported for callers)
+    epoch_key,
+    objective_from_files,
+    objective_from_metrics,
+    tags_found,
+    trial_objectives,
+)
 from orchestrator.launch.trial_channel import TrialChannel
 from orchestrator.runtime import supervisor
 
 log = logging.getLogger("tfscale.study")
 
 _SPLITS = ("validation", "test", "train")
-_SWEEPER_KEYS = ("name", "param_map")
 
 
 # ------------------------------------------------------------------------------------ study spec
-def study_spec(node: Optional[Mapping[str, Any]]) -> Tuple[Any, str]:
-    """The :class:`StudySpec` and name of the root ``study:`` config node.
+def study_spec(node: Optional[Mapping[str, Any]], default_name: Optional[str] = None) -> Tuple[Any, str]:
+    """The :class:`StudySpec` and name of the root ``study:`` config node (see
+    :func:`orchestrator.launch.study_home.parse_study_node`, which also gives its warm-start sources).
 
     Raises:
-        ConfigError: no study is selected.
+        ConfigError: no study is selected, or its name is not one plain directory name.
         StudySpecError: the spec is invalid (the message names the field and the fix).
     """
-    from tuners import StudySpec, StudySpecError
+    from orchestrator.launch.study_home import parse_study_node
 
-    if node is None:
-        raise ConfigError("study", None, "hydra/sweeper=tfscale runs a study: pick one with study=NAME "
-                                         "(an option of conf/study/), e.g. tfscale -m study=digits_lr_units.")
-    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    if not isinstance(raw, dict):
-        raise ConfigError("study", raw, "The study must be a mapping (see conf/study/*.yaml).")
-    name = str(raw.pop("name", None) or "study")
-    param_map = raw.pop("param_map", None)
-    if param_map is not None and not isinstance(param_map, dict):
-        raise StudySpecError(f"param_map: must map parameterName to a config key, but got {param_map!r}. "
-                             f"Use e.g. param_map: {{n_layers: model.layers.1.units}}.")
-    if {"trainingInput", "hyperparameters"} & set(raw):
-        return StudySpec.from_ai_platform(raw, param_map), name
-    if {"studySpec", "study_spec", "metrics"} & set(raw):
-        return StudySpec.from_vertex(raw, param_map), name
-    if param_map is not None:
-        raise StudySpecError("param_map: only AI Platform and Vertex specs use it; native parameters name their "
-                             "config key with key:. Remove param_map.")
-    return StudySpec.from_dict(raw), name
-
-
-# ------------------------------------------------------------------------------------- objectives
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
-    out: Dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def metric_candidates(tag: str) -> List[str]:
-    """Dotted ``metrics.json`` paths the tag may name, most specific first (see the module docstring)."""
-    if "/" in tag:
-        split, _, name = tag.rpartition("/")
-        split = {"val": "validation", "eval": "validation"}.get(split, split)
-        name = name[len("epoch_"):] if name.startswith("epoch_") else name
-        return [f"{split}.{name}"]
-    if "." in tag:
-        return [tag]
-    if tag.startswith("val_"):
-        return [f"validation.{tag[4:]}"]
-    if tag.startswith("test_"):
-        return [f"test.{tag[5:]}", tag]
-    name = tag[len("epoch_"):] if tag.startswith("epoch_") else tag
-    return [tag, f"validation.{name}", f"test.{name}"]
-
-
-def objective_from_metrics(metrics: Any, tag: str) -> Optional[float]:
-    """The value of ``tag`` in a trial's return value, or None."""
-    if not isinstance(metrics, Mapping):
-        return None
-    flat = _flatten(metrics)
-    for key in metric_candidates(tag):
-        if key in flat:
-            return flat[key]
-    return None
-
-
-def epoch_key(tag: str) -> Optional[str]:
-    """The ``epochs.jsonl`` key carrying ``tag`` per epoch (Keras history names), or None."""
-    for key in metric_candidates(tag):
-        split, _, name = key.rpartition(".")
-        if split == "validation":
-            return f"val_{name}"
-        if split == "train":
-            return name
-    return None
-
-
-def objective_from_files(channel: TrialChannel, tag: str) -> Optional[float]:
-    """The last value of ``tag`` in the trial's TensorBoard event files, else in its reported metrics."""
-    from tuners import read_tb_scalar
-
-    try:
-        values = read_tb_scalar(_tb_dir(channel.dir), tag)
-    except ValueError as exc:  # the bare tag is in several event directories
-        raise ConfigError("study.metric.tag", tag, str(exc)) from None
-    if values:
-        return float(values[-1][1])
-    reported = channel.reported_metrics(tag)
-    return float(reported[-1]["value"]) if reported else None
-
-
-def _tb_dir(job_dir: Path) -> Path:
-    # tfscale runs log to <run dir>/tensorboard/{train,validation}; tags are relative to it.
-    return job_dir / "tensorboard" if (job_dir / "tensorboard").is_dir() else job_dir
-
-
-def tags_found(metrics: Any, channel: TrialChannel) -> List[str]:
-    """Every metric name a trial reported: return value paths, TensorBoard tags, report_metric tags."""
-    from tuners import list_tb_tags
-
-    found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
-    found = [k for k in found if not k.startswith("history.")]
-    found += list_tb_tags(_tb_dir(channel.dir)) if channel.dir.exists() else []
-    found += sorted({r.get("tag") for r in channel.reported_metrics()} - {None})
-    return found
+    parsed = parse_study_node(node, default_name)
+    return parsed.spec, parsed.name
 
 
 # ------------------------------------------------------------------------------------------ sweeper
@@ -194,6 +102,7 @@ class StudySweeper(Sweeper):
         self._tag_seen = False
         self._channels: Dict[int, TrialChannel] = {}  # validated trials not launched yet
         self._validated: Set[Tuple[str, ...]] = set()  # override lists whose config passed validate()
+        self._dir_overrides: List[str] = []  # the study's hydra.sweep.dir/subdir, for each trial's job config
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -234,24 +143,37 @@ class StudySweeper(Sweeper):
         from tuners import Study, progress_line, write_results
 
         assert self.config is not None and self.hydra_context is not None
-        spec, name = study_spec(self.config.get("study"))
+        from tuners import StudyStore
+
+        from orchestrator.artifacts.run_record import RunRecord
+        from orchestrator.launch import study_home
+
+        node = study_home.parse_study_node(
+            self.config.get("study"), OmegaConf.select(self.config, "hydra.runtime.choices.study", default=None))
+        spec, name = node.spec, node.name
         base = self._base_overrides(arguments)
         self._validate(spec, base)
 
-        sweep_dir, study_uri = self._local_sweep_dir()
+        sweep_dir, study_uri = self._local_sweep_dir(name)
+        # Each trial's job config is composed anew from the command line: give it the study's directories too.
+        base = [*base, *self._dir_overrides]
+        prior = study_home.load_warm_starts(spec, node, runs_dir=str(self.config.get("runs_dir") or "runs"),
+                                            own_store=StudyStore.resolve(self.store or sweep_dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if study_uri is not None:  # each trial's job config is composed anew: point its job directory here too
-            base = [*base, f"hydra.sweep.dir={sweep_dir}"]
-        from orchestrator.artifacts.run_record import RunRecord
-
+        # The store's driver lock comes first: a second driver on this study stops here, having written nothing.
+        study = Study(spec, store=self.store or sweep_dir, prior_trials=[t for p in prior for t in p.trials])
+        if study.previous_driver:
+            print(f"[study] the previous driver of '{name}' (host {study.previous_driver.get('host')}, pid "
+                  f"{study.previous_driver.get('pid')}) ended without closing the study; taking it over.", flush=True)
         RunRecord(sweep_dir).write_yaml("multirun.yaml", OmegaConf.to_container(self.config, resolve=False, enum_to_str=True))
-        study = Study(spec, store=self.store or sweep_dir)
         if study.resumed:
             print(f"[study] resuming '{name}' in {sweep_dir}: {progress_line(study)}", flush=True)
         else:
             print(f"[study] '{name}': {spec.max_trials} trials, {spec.max_parallel_trials} in parallel, "
                   f"{spec.algorithm.resolved().name}, objective {spec.metric.goal.name} {spec.metric.tag}; "
                   f"results in {study_uri or sweep_dir}", flush=True)
+        if study_home.warm_start_line(prior):
+            print(study_home.warm_start_line(prior), flush=True)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self._task_function, config=self.config)
         returns: List[Sequence[JobReturn]] = []
@@ -278,6 +200,10 @@ class StudySweeper(Sweeper):
         if best is not None:
             print(f"[study] best trial {best.id}: {spec.metric.tag}={best.objective:.6g}  "
                   f"{' '.join(best.overrides())}", flush=True)
+        if spec.is_multi_objective:
+            from tuners.pareto import pareto_lines
+
+            print("\n".join(pareto_lines(spec, study.trials)), flush=True)
         print(f"[study] results: {study_uri or ', '.join(str(p) for p in paths.values())}", flush=True)
         study.close()
         if study_uri is not None:  # everything is in the bucket now: the local scratch copy goes
@@ -287,28 +213,44 @@ class StudySweeper(Sweeper):
         return returns
 
     # -- a study kept in a bucket ------------------------------------------------------------------------
-    def _local_sweep_dir(self) -> Tuple[Path, Optional[str]]:
-        """The local study directory, and the bucket URI it mirrors when ``hydra.sweep.dir`` is one.
+    def _local_sweep_dir(self, name: Optional[str] = None) -> Tuple[Path, Optional[str]]:
+        """The local study directory, and the bucket URI it mirrors when the study directory is one.
+
+        A study named ``name`` lives in ``<runs_dir>/studies/<name>`` (trials in ``trial_<id>``) unless the
+        user set ``hydra.sweep.dir`` (``subdir``) somewhere, so that the same command resumes it; Hydra's
+        default would be a new timestamped directory per command. ``self._dir_overrides`` gets the
+        overrides that give each trial's job config the same directories.
 
         The study store, the trials' run directories and Hydra's job outputs need a local directory (trial
         processes write there, and a study is resumed from its store); a bucket study directory is
         downloaded into a temporary one first (resuming a study kept there) and uploaded after every batch.
         """
-        from orchestrator.artifacts import storage
-
-        target = str(self.config.hydra.sweep.dir)
-        if not storage.is_remote(target):
-            return Path(target), None
-        import tempfile
-
         from omegaconf import open_dict, read_write
+        from tuners.study_spec import format_override_value
 
-        storage.check_access(target, "hydra.sweep.dir")
-        local = Path(tempfile.mkdtemp(prefix="tfscale-study-"))
-        storage.download_dir(target, local)
+        from orchestrator.artifacts import storage
+        from orchestrator.launch.study_home import study_dirs
+
+        dirs: Dict[str, str] = {}
+        if name is not None:
+            home, subdir = study_dirs(self.config, name)
+            dirs.update({k: v for k, v in (("dir", home), ("subdir", subdir)) if v is not None})
+        target = dirs.get("dir", str(self.config.hydra.sweep.dir))
+        local = target
+        if storage.is_remote(target):
+            import tempfile
+
+            storage.check_access(target, "hydra.sweep.dir")
+            local = tempfile.mkdtemp(prefix="tfscale-study-")
+            storage.download_dir(target, local)
+            dirs["dir"] = local  # the launcher places the trials' job directories here
         with read_write(self.config.hydra), open_dict(self.config.hydra):
-            self.config.hydra.sweep.dir = str(local)  # the launcher places the trials' job directories here
-        return local, target
+            for key, value in dirs.items():
+                self.config.hydra.sweep[key] = value
+        # The subdir keeps its ${hydra.job.num} unquoted: each job resolves it to its own number.
+        self._dir_overrides = [f"hydra.sweep.{key}={format_override_value(value) if key == 'dir' else value}"
+                               for key, value in dirs.items()]
+        return Path(local), (target if storage.is_remote(target) else None)
 
     @staticmethod
     def _upload(sweep_dir: Path, study_uri: Optional[str]) -> None:
@@ -435,7 +377,7 @@ class StudySweeper(Sweeper):
         return decision and not final
 
     def _record(self, study: Any, trial: Any, ret: JobReturn, channel: TrialChannel, stopped: bool) -> None:
-        tag = study.spec.metric.tag
+        """Complete, fail or stop ``trial`` in the study from its job's outcome and its objectives."""
         log_path = str(channel.log_path if channel.log_path.exists() else channel.dir)
         if stopped:
             study.trial(trial.id).log_path = log_path
@@ -451,20 +393,26 @@ class StudySweeper(Sweeper):
         metrics = ret.return_value
         if metrics is None:  # a task function that records its results without returning them
             metrics = channel.final_metrics()
-        objective = objective_from_metrics(metrics, tag)
-        if objective is None:
-            objective = objective_from_files(channel, tag)
-        if objective is None:
+        tags = [m.tag for m in study.spec.metrics]
+        try:
+            values = trial_objectives(metrics, channel, tags)
+        except ConfigError as exc:  # an objective the search must not see: every trial would read it
+            study.fail(trial.id, str(exc), log_path=log_path)
+            raise
+        missing = [i for i, t in enumerate(tags) if values[t] is None]
+        if missing:
+            tag = tags[missing[0]]
+            key = f"study.metrics[{missing[0]}].tag" if study.spec.is_multi_objective else "study.metric.tag"
             found = tags_found(metrics, channel)
             message = (f"trial {trial.id} reported no metric {tag!r}. Metrics it reported: "
-                       f"{', '.join(found) or 'none'}. Set study.metric.tag to one of them (e.g. accuracy = "
+                       f"{', '.join(found) or 'none'}. Set {key} to one of them (e.g. accuracy = "
                        f"validation.accuracy), or report it with tuners.report_metric(value, tag={tag!r}).")
             study.fail(trial.id, message, log_path=log_path)
             if not self._tag_seen:  # no trial will report it: stop before spending the whole budget
-                raise ConfigError("study.metric.tag", tag, message)
+                raise ConfigError(key, tag, message)
             return
         self._tag_seen = True
-        study.complete(trial.id, objective, log_path=log_path)
+        study.complete(trial.id, values if study.spec.is_multi_objective else values[tags[0]], log_path=log_path)
 
 
 def _contiguous(trials: List[Any]) -> List[List[Any]]:

@@ -98,6 +98,25 @@ def start() -> Optional["TaskProcess"]:
         return _current
     if threading.active_count() > 1:  # forking a threaded process (an embedding application) is unsafe
         return None
+    _current = _fork(dict(os.environ), preimported=False)
+    return _current
+
+
+def fork_imported(import_env: Dict[str, str]) -> "TaskProcess":
+    """Fork the task process from this process, which imported the training stack already (:func:`preload`).
+
+    For a trial forked by a warm trial process (:mod:`orchestrator.launch.trial_pool`): the task process
+    then starts with TensorFlow imported and nothing initialised, so it begins training at once.
+    ``import_env`` is the environment TensorFlow was imported with; a run whose topology needs another
+    value of a variable read at import time does not use this process (:meth:`TaskProcess.unsuitable_because`).
+    """
+    global _current
+    if _current is None:
+        _current = _fork(dict(import_env), preimported=True)
+    return _current
+
+
+def _fork(import_env: Dict[str, str], *, preimported: bool) -> "TaskProcess":
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
 
@@ -109,8 +128,7 @@ def start() -> Optional["TaskProcess"]:
     child = supervisor.fork_child(child_main)
     os.close(to_child_r)
     os.close(to_parent_w)
-    _current = TaskProcess(child, to_child_w, to_parent_r, dict(os.environ), forked=True)
-    return _current
+    return TaskProcess(child, to_child_w, to_parent_r, import_env, forked=True, preimported=preimported)
 
 
 def spawn(cfg: ExperimentConfig, run_dir: Any) -> "TaskProcess":
@@ -157,10 +175,12 @@ def release() -> None:
 class TaskProcess:
     """Parent-side handle of a task process: the forked warm one (:func:`start`) or a spawned one (:func:`spawn`)."""
 
-    def __init__(self, child: supervisor.Child, to_child: int, from_child: int, env: Dict[str, str], *, forked: bool):
+    def __init__(self, child: supervisor.Child, to_child: int, from_child: int, env: Dict[str, str], *, forked: bool,
+                 preimported: bool = False):
         self.child = child
         self.pid = child.pid
         self.forked = forked
+        self.preimported = preimported  # forked after the training stack was imported (a warm trial)
         self._to_child = to_child
         self._from_child = from_child
         self._env = env  # what the task runs with; for the forked one, the parent's environment at fork time
@@ -170,6 +190,8 @@ class TaskProcess:
         """Why this run cannot use this process, which may have imported TensorFlow already (None if it can)."""
         if not self.forked:
             return None
+        if not self.preimported and "tensorflow" in sys.modules:
+            return "TensorFlow is already imported here"
         from orchestrator.training.topology import set_process_environment
 
         wanted = dict(IMPORT_ENV)
@@ -315,7 +337,7 @@ def _release_output(held: list) -> None:
             view = view[os.write(fd, view):]
 
 
-def _preload() -> None:
+def preload() -> None:
     """Import what a training task uses; nothing here lists devices or initialises the runtime."""
     os.environ.update(IMPORT_ENV)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -346,7 +368,7 @@ def task_process_main(rfd: int, wfd: int) -> int:
     held: list = []
     try:
         held = _hold_output()
-        _preload()
+        preload()
         job = _recv(rfd)
         if job is None:  # the parent did not need us
             return 0

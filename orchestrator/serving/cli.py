@@ -1,16 +1,26 @@
 """``tfscale serve`` and ``tfscale rollback``.
 
-Both take overrides of the ``serving`` config group, Hydra style (``conf/serving/<option>.yaml`` merged into
-:class:`~orchestrator.config.serving.ServingConfig`, then ``key=value`` overrides)::
+``tfscale serve`` composes its config with Hydra like every other tfscale command: the ``serving`` group of
+the root config (``conf/serving/<option>.yaml`` merged into :class:`~orchestrator.config.serving.ServingConfig`)
+with ``serving=<option>``, ``key=value``, ``+key=value`` and ``~key`` overrides, ``-cd DIR`` for a directory of
+your own config groups, and "did you mean" for a misspelt key. The ``serving.`` prefix may be left out::
 
     tfscale serve serving.model_base=models                      # every model of models/models.config
     tfscale serve serving.model_base=models serving.model_name=digits_mlp serving.rest_port=8501
     tfscale serve serving=batching serving.batching.max_batch_size=64 serving.host=0.0.0.0
+    tfscale serve -cd my_conf serving=prod                       # my_conf/serving/prod.yaml
     tfscale serve serving.grpc_tls_cert=cert.pem serving.grpc_tls_key=key.pem
     python -m orchestrator.serving serving.model_base=models     # the same without the tfscale entry point
 
-``serving=<option>`` picks the option file (default: ``default``); the ``serving.`` prefix of other
-overrides may be left out.
+It also takes ``tensorflow_model_server``'s flags, so a TF Serving command line runs with the binary's name
+replaced (see :mod:`orchestrator.serving.model_server_flags`)::
+
+    tfscale serve --port=8500 --rest_api_port=8501 --model_name=digits --model_base_path=/models/digits
+    tfscale serve --port 8500 --rest_api_port 8501 --model_config_file /models/models.config \\
+        --enable_batching --batching_parameters_file /models/batching_parameters.config \\
+        --monitoring_config_file /models/monitoring.config --ssl_config_file /models/ssl.config
+
+Flags are applied after the overrides. ``--cfg`` prints the composed ``serving`` config and exits.
 
 ``tfscale rollback`` edits the repository so that a running server (which re-reads models.config and
 rescans version directories every ``file_system_poll_wait_seconds``) moves traffic without a restart::
@@ -29,94 +39,153 @@ Label and pin changes are written to ``models.config`` (created from the model d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from orchestrator.errors import ConfigError, TfscaleError
+from orchestrator.serving.model_server_flags import ModelServerFlags, take
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
+_CONFIG_FLAGS = {"-cd": "config_dir", "--config-dir": "config_dir", "-cn": "config_name", "--config-name": "config_name"}
+_CFG_WHAT = ("job", "all", "hydra")  # Hydra's --cfg takes one of these; tfscale serve prints the serving config
 
-def load_serving_config(overrides: List[str]) -> Any:
-    """Compose ``serving``: the schema, the chosen ``conf/serving`` option, then the overrides; validated."""
+
+@dataclasses.dataclass
+class ServeArgs:
+    """A ``tfscale serve`` command line, split into its parts."""
+
+    overrides: List[str] = dataclasses.field(default_factory=list)
+    flags: ModelServerFlags = dataclasses.field(default_factory=ModelServerFlags)
+    config_dir: Optional[str] = None
+    config_name: str = "config"
+    show_cfg: bool = False
+    help: bool = False
+
+
+def parse_serve_args(argv: Sequence[str]) -> ServeArgs:
+    """Separate Hydra's flags, ``tensorflow_model_server``'s flags and the overrides; ConfigError on a bad flag."""
+    args = ServeArgs()
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        if token in ("-h", "--help"):
+            args.help, i = True, i + 1
+        elif name in ("--cfg", "-c"):
+            args.show_cfg = True
+            i += 1 if eq or not (i + 1 < len(argv) and argv[i + 1] in _CFG_WHAT) else 2
+        elif name in _CONFIG_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(name, None, f"It needs a value: {name} DIR.")
+                value, i = argv[i + 1], i + 1
+            setattr(args, _CONFIG_FLAGS[name], value)
+            i += 1
+        elif token.startswith("-") and len(token) > 1:
+            flag, raw, i = take(argv, i)
+            args.flags.values[flag] = raw
+        else:
+            args.overrides.append(token)
+            i += 1
+    return args
+
+
+def _root_keys() -> set:
+    from orchestrator.config.schema import ExperimentConfig
+
+    return {f.name for f in dataclasses.fields(ExperimentConfig)} | {"hydra"}
+
+
+def _qualify(item: str, root: set) -> str:
+    """``rest_port=1`` -> ``serving.rest_port=1`` (and ``+``/``~`` forms): keys outside the root config are serving's."""
+    prefix = item[:len(item) - len(item.lstrip("+~"))]
+    body = item[len(prefix):]
+    key = body.partition("=")[0]
+    if "=" not in body and not prefix.startswith("~"):
+        raise ConfigError(item, None, "Overrides look like serving.rest_port=8501 and flags like --port=8500 "
+                          "(see tfscale serve --help).")
+    if key.split(".")[0].split("/")[0] in root:
+        return item
+    return f"{prefix}serving.{body}"
+
+
+def load_serving_config(overrides: Sequence[str], config_dir: Optional[str] = None, config_name: str = "config",
+                        flags: Optional[ModelServerFlags] = None) -> Any:
+    """The ``serving`` node of the root config composed with ``overrides``, ``flags`` applied, validated.
+
+    Composition errors (unknown option or key, with the closest valid name; a value of the wrong type) and
+    invalid values are :class:`ConfigError`; nothing here imports TensorFlow.
+    """
+    import difflib
+
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from orchestrator.config.compose import _schema_keys as schema_keys
+    from orchestrator.config.compose import compose
     from orchestrator.config.serving import ServingConfig, check_serving
 
-    option = "default"
-    dotlist = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(item, None, "Overrides look like serving.rest_port=8501 (see tfscale serve --help).")
-        key = key.lstrip("+")
-        if key == "serving":
-            option = value
-            continue
-        dotlist.append(f"{key[len('serving.'):] if key.startswith('serving.') else key}={value}")
-    cfg = OmegaConf.structured(ServingConfig)
-    if (CONF_DIR / "serving" / f"{option}.yaml").exists():
-        cfg = OmegaConf.merge(cfg, _load_option(option))
-    elif option != "default":
-        choices = sorted(p.stem for p in (CONF_DIR / "serving").glob("*.yaml"))
-        raise ConfigError("serving", option, f"Use one of: {', '.join(choices)}.")
-    for item in dotlist:
-        key = item.partition("=")[0]
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"serving.{key}", item.partition("=")[2],
-                              f"{str(e).splitlines()[0]}. See the keys of conf/serving/default.yaml.") from None
-    check_serving(cfg)
-    return cfg
+    if config_dir and not Path(config_dir).is_dir():
+        raise ConfigError("--config-dir", config_dir, f"No such directory ({Path(config_dir).resolve()}); give a "
+                          "directory of config groups, e.g. one with serving/<option>.yaml.")
+    root = _root_keys()
+    qualified = [_qualify(o, root) for o in overrides]
+    cfg = compose(qualified, config_dir, config_name)
+    # Resolved while still attached to the root (model_base follows export.model_base), then typed on its own.
+    resolved = OmegaConf.to_container(cfg.serving, resolve=True)
+    try:
+        s = OmegaConf.merge(OmegaConf.structured(ServingConfig), resolved)
+    except OmegaConfBaseException as e:  # a key added with +serving.<key>=... that the schema does not have
+        key = str(getattr(e, "full_key", "") or getattr(e, "key", "") or "?")
+        parts = key.split(".")
+        near = difflib.get_close_matches(parts[-1], schema_keys(["serving", *parts[:-1]]) or [], n=1)
+        hint = f" Did you mean serving.{'.'.join(parts[:-1] + [near[0]])}?" if near else ""
+        raise ConfigError(f"serving.{key}", OmegaConf.select(OmegaConf.create(resolved), key),
+                          f"'{parts[-1]}' is not a key of the serving schema.{hint} See `tfscale serve --cfg`.") from None
+    if flags:
+        host_given = any(q.lstrip("+~").partition("=")[0] == "serving.host" for q in qualified)
+        flags.apply(s, host_given)
+    check_serving(s)
+    return s
 
 
-def _load_option(option: str) -> Any:
-    """One ``conf/serving`` option with its own defaults list applied (options of the same group only)."""
-    from omegaconf import OmegaConf
+def _usage() -> str:
+    from orchestrator.serving.model_server_flags import FLAGS
 
-    node = OmegaConf.load(CONF_DIR / "serving" / f"{option}.yaml")
-    defaults = node.pop("defaults", None) or ["_self_"]
-    merged = OmegaConf.create()
-    for item in defaults:
-        merged = OmegaConf.merge(merged, node if item == "_self_" else _load_option(str(item)))
-    if "_self_" not in defaults:
-        merged = OmegaConf.merge(merged, node)
-    return merged
-
-
-def _usage(parser: argparse.ArgumentParser) -> str:
-    return parser.format_help() + "\n" + (__doc__ or "")
+    return ("usage: tfscale serve [-cd DIR] [--cfg] [serving overrides] [tensorflow_model_server flags]\n\n"
+            "TF-Serving-compatible REST + gRPC server over a model repository.\n\n"
+            "tensorflow_model_server flags: " + ", ".join(f"--{f}" for f in FLAGS) + "\n\n" + (__doc__ or ""))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``tfscale serve [serving overrides]``: run the embedded server until SIGINT/SIGTERM."""
+    """``tfscale serve``: compose the serving config, then run the embedded server until SIGINT/SIGTERM."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="tfscale serve", description="TF-Serving-compatible REST + gRPC server "
-                                     "over a model repository.", add_help=False)
-    parser.add_argument("-h", "--help", action="store_true")
-    parser.add_argument("--cfg", action="store_true", help="print the composed serving config and exit")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    if args.help:
-        print(_usage(parser))
-        return 0
+    flags: Optional[ModelServerFlags] = None
     try:
-        s = load_serving_config(args.overrides)
-        if args.cfg:
+        args = parse_serve_args(argv)
+        if args.help:
+            print(_usage())
+            return 0
+        flags = args.flags
+        s = load_serving_config(args.overrides, args.config_dir, args.config_name, flags)
+        if args.show_cfg:
             from omegaconf import OmegaConf
 
             print(OmegaConf.to_yaml(s, resolve=True))
             return 0
         logging.basicConfig(level=getattr(logging, str(s.log_level).upper(), logging.INFO),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for note in flags.notes:
+            logging.getLogger("tfscale.serving").info("%s", note)
         from orchestrator.serving.server import EmbeddedServer
 
         server = EmbeddedServer(s).start()
+        flags.close()  # the gRPC server holds its TLS material in memory now
         try:
             server.wait()
         finally:
@@ -125,6 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TfscaleError as e:
         print(f"tfscale serve: {e}", file=sys.stderr)
         return e.exit_code
+    finally:
+        if flags is not None:
+            flags.close()
 
 
 # ------------------------------------------------------------------------------------------- rollback

@@ -200,8 +200,13 @@ def launch_plan(d: TfServingDeployConfig, model_base: Path) -> Dict[str, Any]:
             "docker": docker, "docker_command": shlex.join(docker)}
 
 
-def kubernetes_manifest(d: TfServingDeployConfig, model_base: Path, app: str) -> List[Dict[str, Any]]:
-    """A Deployment (``d.replicas`` pods of ``d.image``, repository mounted at /models) and its Service."""
+def kubernetes_manifest(d: TfServingDeployConfig, model_base: Path, app: str, model: Optional[str] = None) -> List[Dict[str, Any]]:
+    """A Deployment (``d.replicas`` pods of ``d.image``, repository mounted at /models) and its Service.
+
+    A pod is ready once ``GET /v1/models/<model>`` answers 200 on the REST port (the model server knows the
+    model and has a version of it); before that the Service sends it no traffic. It is alive while its gRPC
+    port accepts connections. Without ``model`` readiness falls back to the gRPC port too.
+    """
     base = Path(model_base).resolve()
     labels = {"app": app}
     volume: Dict[str, Any] = {"name": "model-repository"}
@@ -210,6 +215,9 @@ def kubernetes_manifest(d: TfServingDeployConfig, model_base: Path, app: str) ->
     else:
         volume["hostPath"] = {"path": str(base), "type": "Directory"}
     args = launch_plan(d, base)["container_args"]
+    readiness: Dict[str, Any] = ({"httpGet": {"path": f"/v1/models/{model}", "port": 8501}} if model
+                                 else {"tcpSocket": {"port": 8500}})
+    readiness.update(initialDelaySeconds=5, periodSeconds=5)
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": app, "labels": labels},
@@ -223,7 +231,9 @@ def kubernetes_manifest(d: TfServingDeployConfig, model_base: Path, app: str) ->
                         "name": "tensorflow-serving", "image": d.image, "args": args,
                         "ports": [{"name": "grpc", "containerPort": 8500}, {"name": "rest", "containerPort": 8501}],
                         "volumeMounts": [{"name": "model-repository", "mountPath": CONTAINER_BASE, "readOnly": True}],
-                        "readinessProbe": {"tcpSocket": {"port": 8500}, "initialDelaySeconds": 5, "periodSeconds": 5},
+                        "readinessProbe": readiness,
+                        "livenessProbe": {"tcpSocket": {"port": 8500}, "initialDelaySeconds": 30, "periodSeconds": 10,
+                                          "failureThreshold": 6},
                     }],
                     "volumes": [volume],
                 },

@@ -9,9 +9,11 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from orchestrator.serving import codec
+from orchestrator.serving.admin import AdminPolicy
 from orchestrator.serving.config_files import entry_from_proto
 from orchestrator.serving.limits import InflightLimiter, check_tensor_proto
 from orchestrator.serving.manager import ModelManager
+from orchestrator.serving.metrics import ServingMetrics, grpc_interceptor
 from orchestrator.serving.status import ErrorCode, RequestError
 
 log = logging.getLogger("tfscale.serving")
@@ -49,9 +51,11 @@ def _abort(context: Any, err: RequestError) -> None:
 
 
 def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optional[InflightLimiter] = None,
-                   max_request_elements: int = 1 << 24, max_request_bytes: int = 1 << 28) -> Tuple[Any, Any]:
-    """The two servicer objects over ``manager``."""
+                   max_request_elements: int = 1 << 24, max_request_bytes: int = 1 << 28,
+                   admin: Optional[AdminPolicy] = None) -> Tuple[Any, Any]:
+    """The two servicer objects over ``manager``; ``admin`` decides who may reload (default: nobody)."""
     inflight = inflight or InflightLimiter(64)
+    admin = admin or AdminPolicy(False, None, (), ())
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
@@ -150,15 +154,21 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
                 _abort(context, e)
 
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-            response = model_management_pb2.ReloadConfigResponse()
-            if request.config.WhichOneof("config") != "model_config_list":
-                response.status.error_code = 3  # INVALID_ARGUMENT
-                response.status.error_message = "Only model_config_list is supported"
+            try:
+                # Who asks is settled before the request is even looked at.
+                who = admin.authorize(context.invocation_metadata(), context.auth_context(), context.peer())
+                response = model_management_pb2.ReloadConfigResponse()
+                if request.config.WhichOneof("config") != "model_config_list":
+                    response.status.error_code = 3  # INVALID_ARGUMENT
+                    response.status.error_message = "Only model_config_list is supported"
+                    return response
+                entries = [entry_from_proto(m) for m in request.config.model_config_list.config]
+                admin.check_paths(entries)
+                manager.set_entries(entries)
+                log.info("reloaded config over gRPC from %s (%s): %s", context.peer(), who, ", ".join(e.name for e in entries))
                 return response
-            entries = [entry_from_proto(m) for m in request.config.model_config_list.config]
-            manager.set_entries(entries)
-            log.info("reloaded config over gRPC: %s", ", ".join(e.name for e in entries))
-            return response
+            except RequestError as e:
+                _abort(context, e)
 
     return PredictionService(), ModelService()
 
@@ -166,13 +176,20 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
 def start_grpc(manager: ModelManager, host: str, port: int, *, allow_nonfinite: bool, max_workers: int,
                tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                inflight: Optional[InflightLimiter] = None, max_request_elements: int = 1 << 24,
-               max_request_bytes: int = 1 << 28) -> Tuple[Any, int]:
-    """Start the gRPC server; returns ``(server, bound_port)``."""
+               max_request_bytes: int = 1 << 28, tls_client_ca: Optional[str] = None,
+               admin: Optional[AdminPolicy] = None, metrics: Optional[ServingMetrics] = None) -> Tuple[Any, int]:
+    """Start the gRPC server; returns ``(server, bound_port)``.
+
+    With ``tls_client_ca`` the TLS handshake requires a client certificate signed by that CA (mTLS).
+    """
     import grpc
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-    prediction, models = build_services(manager, allow_nonfinite, inflight, max_request_elements, max_request_bytes)
+    prediction, models = build_services(manager, allow_nonfinite, inflight, max_request_elements, max_request_bytes,
+                                        admin)
+    interceptors = [grpc_interceptor(metrics)] if metrics is not None else []  # counts Predict/Classify/Regress
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+                         interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                                   ("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
@@ -180,7 +197,12 @@ def start_grpc(manager: ModelManager, host: str, port: int, *, allow_nonfinite: 
     address = f"{host}:{port}"
     if tls_cert and tls_key:
         with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
-            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            pair = (k.read(), c.read())
+        client_ca = None
+        if tls_client_ca:
+            with open(tls_client_ca, "rb") as f:
+                client_ca = f.read()
+        creds = grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)

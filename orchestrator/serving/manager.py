@@ -11,6 +11,7 @@ network); the copy is removed when the version is unloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from orchestrator.serving.status import not_found
 log = logging.getLogger("tfscale.serving")
 
 SERVING_DEFAULT = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Signature:
     inputs: Dict[str, Any]  # key -> tf.TensorSpec
     outputs: Dict[str, Any]
     batcher: Optional[Batcher] = None
+    method_name: str = PREDICT_METHOD  # tensorflow/serving/classify or .../regress: takes serialized tf.Examples
 
     fast: Optional[Callable[[Any], Dict[str, Any]]] = None  # single-input flat call, see enable_fast_call
 
@@ -120,11 +123,14 @@ class LoadedVersion:
         self.path = Path(path)
         self._obj = tf.saved_model.load(str(path))
         self.signatures: Dict[str, Signature] = {}
+        self._signature_defs = None
+        methods = self.method_names()
         for name, fn in self._obj.signatures.items():
             _, kwargs = fn.structured_input_signature
             outputs = {k: v for k, v in fn.structured_outputs.items()}
-            sig = Signature(name, fn, dict(kwargs), outputs)
-            sig.enable_fast_call()
+            sig = Signature(name, fn, dict(kwargs), outputs, method_name=methods.get(name) or PREDICT_METHOD)
+            if sig.method_name == PREDICT_METHOD:  # the others take tf.Examples, which an all-zero warm-up is not
+                sig.enable_fast_call()
             if batching is not None and batching.enabled:
                 sig.batcher = Batcher(sig.call, max_batch_size=batching.max_batch_size,
                                       batch_timeout_micros=batching.batch_timeout_micros,
@@ -134,7 +140,6 @@ class LoadedVersion:
             self.signatures[name] = sig
         self._refs = 0
         self._cv = threading.Condition()
-        self._signature_defs = None
 
     def signature(self, name: str) -> Signature:
         """The signature ``name`` ('' means serving_default); NOT_FOUND listing the choices otherwise."""
@@ -146,9 +151,17 @@ class LoadedVersion:
                             f"{self.model} version {self.version}; it has: {', '.join(sorted(self.signatures))}") from None
 
     def warm(self) -> None:
-        """Call every signature once so the first real request pays no first-call costs."""
+        """Call every predict signature once so the first real request pays no first-call costs.
+
+        Classification and regression signatures parse tf.Examples whose features only the client knows.
+        """
         for sig in self.signatures.values():
-            sig.call(warmup_inputs(sig.inputs))
+            if sig.method_name == PREDICT_METHOD:
+                sig.call(warmup_inputs(sig.inputs))
+
+    def method_names(self) -> Dict[str, str]:
+        """Each signature's TF Serving method name (``tensorflow/serving/predict``, ``.../classify``, ``.../regress``)."""
+        return {k: v.method_name for k, v in self.signature_defs().items()}
 
     def signature_defs(self) -> Any:
         """The SavedModel's ``SignatureDef`` map (for metadata), read from saved_model.pb."""
@@ -212,7 +225,9 @@ class _Model:
     target: Optional[ModelEntry] = None  # the latest config of the model; None = same as entry
     routed: Dict[int, LoadedVersion] = field(default_factory=dict)
     states: Dict[int, VersionState] = field(default_factory=dict)
-    failed: Dict[int, float] = field(default_factory=dict)  # version -> mtime of the directory that failed
+    failed: Dict[int, str] = field(default_factory=dict)  # version -> content signature of the attempt that failed
+    seen: Dict[int, str] = field(default_factory=dict)  # version -> signature at the previous poll (a copy settling)
+    missing_since: Optional[float] = None  # monotonic time the model directory was first seen without versions
 
 
 class ModelManager:
@@ -224,7 +239,7 @@ class ModelManager:
 
     def __init__(self, entries: List[ModelEntry], *, batching: Any = None, warmup: bool = True,
                  entries_source: Optional[Callable[[], Optional[List[ModelEntry]]]] = None,
-                 unload_timeout_s: float = 60.0):
+                 unload_timeout_s: float = 60.0, unload_grace_s: float = 30.0):
         self._models: Dict[str, _Model] = {e.name: _Model(e) for e in entries}
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -232,10 +247,13 @@ class ModelManager:
         self._warmup = warmup
         self._source = entries_source
         self._unload_timeout = unload_timeout_s
+        self._grace = unload_grace_s
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._unloaders: List[threading.Thread] = []
         self._cache_dir: Optional[Path] = None  # local copies of versions loaded from a bucket
+        # Told of every load attempt: (version path, loaded?, seconds loading, seconds warming up or None).
+        self.on_load: Optional[Callable[[str, bool, float, Optional[float]], None]] = None
 
     # --------------------------------------------------------------------------------- routing
     def model_names(self) -> List[str]:
@@ -344,15 +362,20 @@ class ModelManager:
         target = m.target or m.entry
         name = target.name
         on_disk = version_dirs(target.base_path)
+        if self._in_grace(m, target, on_disk):
+            return
         desired = self._desired(target, on_disk)
         for v in desired:
             if v in m.routed:
                 continue
             path = on_disk[v]
-            mtime = _mtime(path)
-            if m.failed.get(v) == mtime:
-                continue
-            self._load(m, v, path, mtime)
+            signature = content_signature(path)
+            if v in m.failed:
+                previous, m.seen[v] = m.seen.get(v), signature
+                if signature == m.failed[v] or signature != previous:
+                    continue  # unchanged since the failed attempt, or still being copied: wait until it settles
+                log.info("model %s: version %d changed since it failed to load; trying again", name, v)
+            self._load(m, v, path, signature)
         if m.target is not None:
             with self._lock:
                 # Labels move only now that the versions they point at are loaded (or failed to load).
@@ -390,7 +413,34 @@ class ModelManager:
             return target
         return Path(publish.publish_directory(target.parent, lambda tmp: storage.download_dir(uri, tmp), name=target.name))
 
-    def _load(self, m: _Model, v: int, path: Path, mtime: float) -> None:
+    def _in_grace(self, m: _Model, target: ModelEntry, on_disk: Dict[int, Any]) -> bool:
+        """True while a model whose directory has no version left keeps serving what it has loaded.
+
+        A directory replaced by ``rm -rf && cp``, a repository moved and moved back, or a network mount that
+        drops for a moment look the same as a deleted model for a few seconds; unloading at once would turn
+        them into an outage. Only after ``unload_grace_s`` are the versions unloaded.
+        """
+        if on_disk or not m.routed:
+            if m.missing_since is not None and on_disk:
+                log.info("model %s: version directories are back after %.1fs; nothing was unloaded", target.name,
+                         time.monotonic() - m.missing_since)
+            m.missing_since = None
+            return False
+        now = time.monotonic()
+        if m.missing_since is None:
+            m.missing_since = now
+            if self._grace > 0:
+                log.warning("model %s: no version directory under %s (moved, being replaced, storage unreachable?); "
+                            "versions %s keep serving for up to %.0fs (serving.unload_grace_s)", target.name,
+                            target.base_path, sorted(m.routed), self._grace)
+        if now - m.missing_since < self._grace:
+            return True
+        if self._grace > 0:
+            log.warning("model %s: still no version directory under %s after %.0fs; unloading versions %s", target.name,
+                        target.base_path, now - m.missing_since, sorted(m.routed))
+        return False
+
+    def _load(self, m: _Model, v: int, path: Path, signature: str) -> None:
         name = m.entry.name
         with self._lock:
             m.states[v] = VersionState("LOADING")
@@ -404,16 +454,23 @@ class ModelManager:
                     m.states.pop(v, None)
                 log.error("model %s: version %d could not be downloaded from %s: %s", name, v, path, e)
                 return
+        t_load, t_warm = time.monotonic(), None
         try:
             lv = LoadedVersion(name, v, path, self._batching)
             if self._warmup:
+                t_warm = time.monotonic()
                 lv.warm()
         except Exception as e:  # a broken version must not take the server or the other versions down
-            m.failed[v] = mtime
+            self._report_load(path, False, t_load, t_warm)
+            m.failed[v] = m.seen[v] = signature
+            self._drop_copy_path(path)  # a cached download of an incomplete upload must not be reused
             with self._lock:
                 m.states[v] = VersionState("END", f"Loading {path} failed: {type(e).__name__}: {e}", "UNKNOWN")
             log.error("model %s: version %d failed to load: %s", name, v, e)
             return
+        self._report_load(path, True, t_load, t_warm)
+        m.failed.pop(v, None)
+        m.seen.pop(v, None)
         with self._lock:
             routed = dict(m.routed)
             routed[v] = lv
@@ -421,6 +478,16 @@ class ModelManager:
             m.states[v] = VersionState("AVAILABLE")
         log.info("model %s: version %d loaded and warmed in %.2fs; now AVAILABLE (latest routed: %d)",
                  name, v, time.monotonic() - t0, max(routed))
+
+    def _report_load(self, path: Path, ok: bool, t_load: float, t_warm: Optional[float]) -> None:
+        if self.on_load is None:
+            return
+        now = time.monotonic()
+        load_s = (t_warm if t_warm is not None else now) - t_load
+        try:
+            self.on_load(str(path), ok, load_s, None if t_warm is None else now - t_warm)
+        except Exception:  # metrics must never decide whether a version serves
+            log.exception("load listener failed")
 
     def _retire(self, m: _Model, lv: LoadedVersion) -> None:
         def finish():
@@ -474,14 +541,36 @@ class ModelManager:
 
     def _drop_copy(self, lv: LoadedVersion) -> None:
         """Remove the cached local copy of a bucket version once it is unloaded."""
-        if self._cache_dir is not None and self._cache_dir in lv.path.parents:
-            shutil.rmtree(lv.path, ignore_errors=True)
+        self._drop_copy_path(lv.path)
+
+    def _drop_copy_path(self, path: Path) -> None:
+        if self._cache_dir is not None and not storage.is_remote(path) and self._cache_dir in Path(path).parents:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def _mtime(path: Path) -> float:
+def content_signature(path: Path | str) -> str:
+    """A digest of every file's relative name, size and modification time under a version directory.
+
+    A version that failed to load is tried again once this changes. The directory's own mtime is no such
+    signal: a copy that rewrites or appends to files already there (rsync, ``gsutil cp``) leaves it alone.
+    """
+    digest = hashlib.sha256()
     if storage.is_remote(path):
-        return 0.0  # bucket versions are never republished under the same number
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
+        try:
+            listing = storage.files(path)
+        except Exception:  # unreachable for now: counts as unchanged until the next poll that sees the listing
+            return ""
+        for rel, mtime in sorted(listing.items()):
+            digest.update(f"{rel}\0{mtime}\n".encode())
+        return digest.hexdigest()
+    root = str(path)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in sorted(filenames):
+            full = os.path.join(dirpath, n)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue  # removed while we looked
+            digest.update(f"{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

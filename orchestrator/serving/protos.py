@@ -1,8 +1,8 @@
 """TF Serving's config messages that ``tensorflow-serving-api`` does not ship.
 
-``BatchingParameters`` (servables/tensorflow/session_bundle_config.proto) and ``MonitoringConfig``
-(config/monitoring_config.proto) are needed to write and check ``--batching_parameters_file`` and
-``--monitoring_config_file``. When the installed package has them they are used as is; otherwise the
+``BatchingParameters`` (servables/tensorflow/session_bundle_config.proto), ``MonitoringConfig``
+(config/monitoring_config.proto) and ``SSLConfig`` (config/ssl_config.proto) are needed to write and read
+``--batching_parameters_file``, ``--monitoring_config_file`` and ``--ssl_config_file``. When the installed package has them they are used as is; otherwise the
 same messages (same package, names, types and field numbers) are declared here in a private descriptor
 pool, so the text files round-trip exactly as TF Serving would parse them.
 """
@@ -13,7 +13,7 @@ from typing import Any, Tuple
 
 
 @functools.lru_cache(maxsize=1)
-def _private_classes() -> Tuple[Any, Any]:
+def _private_classes() -> Tuple[Any, Any, Any]:
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
     pool = descriptor_pool.DescriptorPool()
@@ -44,10 +44,15 @@ def _private_classes() -> Tuple[Any, Any]:
     add(pc, "path", 2, F.TYPE_STRING)
     mc = fdp.message_type.add(name="MonitoringConfig")
     add(mc, "prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig")
+    ssl = fdp.message_type.add(name="SSLConfig")
+    for name, number in (("server_key", 1), ("server_cert", 2), ("custom_ca", 3)):
+        add(ssl, name, number, F.TYPE_STRING)
+    add(ssl, "client_verify", 4, F.TYPE_BOOL)
     pool.Add(fdp)
     get = message_factory.GetMessageClass
     return (get(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")),
-            get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")))
+            get(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")),
+            get(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig")))
 
 
 def batching_parameters_class() -> Any:
@@ -68,3 +73,13 @@ def monitoring_config_class() -> Any:
         return monitoring_config_pb2.MonitoringConfig
     except ImportError:
         return _private_classes()[1]
+
+
+def ssl_config_class() -> Any:
+    """The ``tensorflow.serving.SSLConfig`` message class (PEM texts of the gRPC server's TLS)."""
+    try:
+        from tensorflow_serving.config import ssl_config_pb2
+
+        return ssl_config_pb2.SSLConfig
+    except ImportError:
+        return _private_classes()[2]

@@ -1,7 +1,8 @@
-"""The REST API of TF Serving over a threaded HTTP/1.1 server.
+"""The REST API of TF Serving over a threaded HTTP/1.1 server (HTTPS, optionally with client certificates).
 
 Routes: ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]`` (status), ``.../metadata``,
-``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``, and ``GET <prometheus path>`` (request counts).
+``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``, and ``GET <prometheus path>`` (TF Serving's
+metrics, see :mod:`orchestrator.serving.metrics`).
 Errors are ``{"error": "..."}`` with 400 (bad request, including a malformed version such as ``/versions/x``),
 404 (unknown model/version/label/route), 413 (body over ``max_body_bytes``), 429 (more than
 ``max_inflight_requests`` in flight) or 503 (batch queue full).
@@ -12,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
@@ -19,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from orchestrator.serving.codec import decode_rest, encode_rest
 from orchestrator.serving.limits import InflightLimiter, check_json_limits
 from orchestrator.serving.manager import ModelManager
+from orchestrator.serving.metrics import ServingMetrics
 from orchestrator.serving.status import ErrorCode, RequestError, invalid, not_found
 
 log = logging.getLogger("tfscale.serving")
@@ -92,6 +95,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("rest %s - " + fmt, self.address_string(), *args)
 
+    # (model, API, start) of the inference request being answered: its answer is counted in the metrics.
+    _call: Optional[Tuple[str, str, float]] = None
+
+    def _observe(self, status: str) -> None:
+        call, self._call = self._call, None
+        if call is not None and self.server.metrics is not None:
+            self.server.metrics.record_request(call[0], call[1], "REST", status, time.perf_counter() - call[2])
+
     def _send(self, status: int, payload: Any, content_type: str = "application/json", close: bool = False) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
@@ -102,9 +113,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+        if status == 200:
+            self._observe("OK")
 
     def _error(self, err: RequestError, close: bool = False) -> None:
         self.server.counters.add("error", err.code.http_status)
+        self._observe(err.code.value[0])  # TF's error code name, as TF Serving's request_count status label
         self._send(err.code.http_status, {"error": err.message}, close=close)
 
     def _route(self):
@@ -117,8 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         try:
-            if self.path.split("?", 1)[0] == self.server.metrics_path:
-                self._send(200, self.server.counters.prometheus().encode(), "text/plain; version=0.0.4")
+            if self.server.metrics_path and self.path.split("?", 1)[0] == self.server.metrics_path:
+                self._send(200, self.server.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
                 return
             name, version, label, tail = self._route()
             if tail == "":
@@ -136,6 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
     def do_POST(self) -> None:  # noqa: N802
+        started, self._call = time.perf_counter(), None
         length_text = self.headers.get("Content-Length")
         if length_text is None or not (length_text.isascii() and length_text.isdigit()):
             self._error(RequestError(ErrorCode.INVALID_ARGUMENT, "A Content-Length header is required"), close=True)
@@ -164,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             name, version, label, tail = self._route()
+            if tail in (":predict", ":classify", ":regress"):
+                self._call = (name, tail[1:].capitalize(), started)
             if tail != ":predict":
                 if tail in (":classify", ":regress"):
                     raise RequestError(ErrorCode.UNIMPLEMENTED, f"{tail[1:]} is not supported by this server; use :predict")
@@ -184,6 +201,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
 
+def tls_context(cert: str, key: str, client_ca: Optional[str] = None) -> Any:
+    """A server-side TLS context (TLS 1.2+); with ``client_ca`` clients must present a certificate it signed."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 class RestServer(ThreadingHTTPServer):
     """The REST endpoint bound to ``(host, port)`` (port 0 picks a free one; see ``server_port``)."""
 
@@ -191,10 +221,12 @@ class RestServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, host: str, port: int, manager: ModelManager, *, allow_nonfinite: bool, max_body_bytes: int,
-                 metrics_path: str = "/monitoring/prometheus/metrics", max_workers: int = 32,
+                 metrics_path: Optional[str] = "/monitoring/prometheus/metrics", max_workers: int = 32,
                  read_timeout_s: float = 10.0, max_json_depth: int = 64, max_request_elements: int = 1 << 24,
-                 inflight: Optional[InflightLimiter] = None):
+                 inflight: Optional[InflightLimiter] = None, ssl_context: Optional[Any] = None,
+                 metrics: Optional[ServingMetrics] = None):
         super().__init__((host, port), _Handler)
+        self.ssl_context = ssl_context  # HTTPS: each connection's handshake runs in its worker, not in accept()
         # A fixed pool instead of a thread per connection: connections past max_workers wait in the
         # pool's queue (their sockets only), and read_timeout_s frees workers held by stalled clients.
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rest")
@@ -207,8 +239,14 @@ class RestServer(ThreadingHTTPServer):
         self.manager = manager
         self.allow_nonfinite = allow_nonfinite
         self.max_body_bytes = max_body_bytes
-        self.metrics_path = metrics_path
+        self.metrics_path = metrics_path  # None: no Prometheus endpoint (the monitoring config turned it off)
+        self.metrics = metrics
         self.counters = Counters()
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus page: TF Serving's metrics (REST and gRPC), then the REST route counts."""
+        head = self.metrics.exposition() if self.metrics is not None else b""
+        return head + self.counters.prometheus().encode()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to the worker pool (ThreadingHTTPServer would start a thread for each)."""
@@ -218,6 +256,21 @@ class RestServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.add(request)
         try:
+            if self.ssl_context is not None:
+                plain = request
+                try:
+                    # The handshake is bounded by the read timeout, so a silent client cannot hold the worker;
+                    # with client-certificate verification on, a client without a valid certificate ends here.
+                    plain.settimeout(self.read_timeout_s)
+                    request = self.ssl_context.wrap_socket(plain, server_side=True)
+                except (OSError, ValueError) as e:
+                    log.info("rest %s: TLS handshake failed: %s", client_address[0], e)
+                    self.shutdown_request(plain)
+                    return
+                finally:
+                    with self._open_lock:
+                        self._open.discard(plain)
+                        self._open.add(request)
             self.process_request_thread(request, client_address)
         finally:
             with self._open_lock:

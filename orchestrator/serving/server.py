@@ -7,15 +7,18 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from orchestrator.errors import ConfigError
 from orchestrator.artifacts import storage
 from orchestrator.artifacts.publish import write_text
+from orchestrator.serving.admin import AdminPolicy
 from orchestrator.serving.config_files import MODELS_CONFIG, read_models_config
 from orchestrator.serving.limits import InflightLimiter
 from orchestrator.serving.manager import ModelManager
+from orchestrator.serving.metrics import ServingMetrics
 from orchestrator.serving.repository import ModelEntry, VersionPolicy, discover_models, version_dirs
+from orchestrator.serving.status import RequestError
 
 log = logging.getLogger("tfscale.serving")
 
@@ -29,8 +32,11 @@ def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Option
     """The models to serve per :class:`~orchestrator.config.serving.ServingConfig` ``s``, and a re-reader.
 
     A models.config is re-read on every poll when its modification time changes, so editing it (or
-    ``tfscale rollback``) takes effect without a restart.
+    ``tfscale rollback``) takes effect without a restart. As with ``tensorflow_model_server``, a config
+    file wins over ``model_base_path``.
     """
+    if s.model_base_path and not s.model_config_file:
+        return [_base_path_entry(s)], None
     if storage.is_remote(s.model_base) and not s.model_config_file:
         return _bucket_source(s), None
     base = Path(s.model_base)
@@ -76,6 +82,23 @@ def model_source(s: Any) -> tuple[List[ModelEntry], Optional[Callable[[], Option
     return entries, None
 
 
+def _base_path_entry(s: Any) -> ModelEntry:
+    """The one model of ``model_base_path`` (``--model_base_path``), named ``model_name`` or ``default``."""
+    policy = policy_of(s.version_policy)
+    labels = {str(k): int(v) for k, v in dict(s.version_labels).items()}
+    name = s.model_name or "default"
+    if storage.is_remote(s.model_base_path):
+        storage.check_access(s.model_base_path, "serving.model_base_path")
+        return ModelEntry(name, str(s.model_base_path), policy, labels)
+    path = Path(s.model_base_path).resolve()
+    if not path.is_dir():
+        raise ConfigError("serving.model_base_path", s.model_base_path, "No such directory; give the directory that holds "
+                          "the model's numbered version directories (e.g. models/digits_mlp, not .../0001).")
+    if not version_dirs(path):
+        log.warning("%s has no numeric version directory yet; waiting for one to be published", path)
+    return ModelEntry(name, str(path), policy, labels)
+
+
 def _bucket_source(s: Any) -> List[ModelEntry]:
     """The models under a bucket ``model_base`` (a models.config there is not read: name the model or serve all)."""
     storage.check_access(s.model_base, "serving.model_base")  # one line and exit 2, not a poller's retry storm
@@ -93,14 +116,34 @@ def _bucket_source(s: Any) -> List[ModelEntry]:
     return entries
 
 
+def _rest_tls_context(s: Any) -> Any:
+    """The REST endpoint's TLS context, or None; unreadable PEM files are config errors."""
+    if not s.rest_tls_cert:
+        return None
+    import ssl
+
+    from orchestrator.serving.rest import tls_context
+
+    try:
+        return tls_context(s.rest_tls_cert, s.rest_tls_key, s.rest_tls_client_ca)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError("serving.rest_tls_cert", s.rest_tls_cert, f"Cannot use it with serving.rest_tls_key / "
+                          f"rest_tls_client_ca ({e}); give PEM files: the certificate chain, its key, the client CA.") from None
+
+
 class EmbeddedServer:
     """REST + gRPC TF-Serving-compatible server over a model repository (start / stop / wait)."""
 
     def __init__(self, s: Any):
         self.settings = s
+        self.admin = AdminPolicy.from_settings(s)  # a missing token is a config error before any model loads
+        self._rest_tls = _rest_tls_context(s)
         entries, source = model_source(s)
-        self.manager = ModelManager(entries, batching=s.batching, warmup=s.warmup, entries_source=source)
+        self.manager = ModelManager(entries, batching=s.batching, warmup=s.warmup, entries_source=source,
+                                    unload_grace_s=s.unload_grace_s)
         self.inflight = InflightLimiter(s.max_inflight_requests)  # shared: the cap covers REST and gRPC together
+        self.metrics = ServingMetrics(self._version_states)  # counts REST and gRPC alike, scraped over REST
+        self.manager.on_load = self.metrics.record_load
         self.rest = None
         self.grpc = None
         self.rest_port: Optional[int] = None
@@ -115,11 +158,14 @@ class EmbeddedServer:
         from orchestrator.serving.rest import RestServer
 
         s = self.settings
+        rest_tls = self._rest_tls
         self.manager.poll_once()
         self.rest = RestServer(s.host, s.rest_port, self.manager, allow_nonfinite=s.allow_nonfinite,
                                max_body_bytes=s.max_body_bytes, max_workers=s.rest_max_workers,
                                read_timeout_s=s.rest_read_timeout_s, max_json_depth=s.max_json_depth,
-                               max_request_elements=s.max_request_elements, inflight=self.inflight)
+                               max_request_elements=s.max_request_elements, inflight=self.inflight,
+                               ssl_context=rest_tls, metrics=self.metrics,
+                               metrics_path=s.monitoring.path if s.monitoring.prometheus else None)
         self.rest_port = self.rest.server_address[1]
         self._rest_thread = threading.Thread(target=self.rest.serve_forever, kwargs={"poll_interval": 0.2},
                                              name="rest", daemon=True)
@@ -129,14 +175,28 @@ class EmbeddedServer:
                                                    max_workers=s.grpc_max_workers, tls_cert=s.grpc_tls_cert,
                                                    tls_key=s.grpc_tls_key, inflight=self.inflight,
                                                    max_request_elements=s.max_request_elements,
-                                                   max_request_bytes=s.max_request_bytes)
+                                                   max_request_bytes=s.max_request_bytes,
+                                                   tls_client_ca=s.grpc_tls_client_ca, admin=self.admin,
+                                                   metrics=self.metrics)
         self.manager.start_polling(s.file_system_poll_wait_seconds)
-        log.info("serving %s: REST http://%s:%s  gRPC %s:%s%s", ", ".join(self.manager.model_names()), s.host,
-                 self.rest_port, s.host, self.grpc_port, " (TLS)" if s.grpc_tls_cert else "")
+        log.info("serving %s: REST %s://%s:%s%s  gRPC %s:%s%s; config reload %s", ", ".join(self.manager.model_names()),
+                 "https" if rest_tls else "http", s.host, self.rest_port, " (client certificates)" if s.rest_tls_client_ca else "",
+                 s.host, self.grpc_port, (" (TLS, client certificates)" if s.grpc_tls_client_ca else " (TLS)") if s.grpc_tls_cert else "",
+                 "on" if self.admin.enable_reload else "off")
         if s.ready_file:
             write_text(Path(s.ready_file), json.dumps({"rest_port": self.rest_port, "grpc_port": self.grpc_port,
                                                          "pid": os.getpid(), "host": s.host}))
         return self
+
+    def _version_states(self) -> Dict[str, List[Tuple[int, str]]]:
+        """``{model: [(version, state), ...]}`` for the version gauges of the metrics page."""
+        out: Dict[str, List[Tuple[int, str]]] = {}
+        for name in self.manager.model_names():
+            try:
+                out[name] = [(v, st.state) for v, st in self.manager.status(name)]
+            except RequestError:  # no version known yet, or removed while we looked
+                out[name] = []
+        return out
 
     def stop(self) -> None:
         """Close both endpoints and unload every model (idempotent)."""

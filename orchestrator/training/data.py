@@ -1,7 +1,8 @@
 """Datasets: raw arrays from a source, seeded splits, and tf.data pipelines over them.
 
 Inputs stay raw (digits 0..16, images 0..255): the exported model rescales them itself, so a client of
-the served model sends what the dataset holds.
+the served model sends what the dataset holds. Targets are class ids (int64), multi-hot label rows (int64,
+two dimensions) or values (float32, regression); a regression model's output is in the targets' units too.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from orchestrator.config.schema import DataConfig, DataFormat, DataName
 log = logging.getLogger(__name__)
 
 KERAS_DATASETS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist", "cifar10": "cifar-10-batches-py"}
-DEFAULT_SCALE = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0, "cifar10": 255.0}
+# diabetes: scikit-learn centres each feature and scales it to norm 1, a standard deviation of 1/sqrt(442).
+DEFAULT_SCALE = {"digits": 16.0, "mnist": 255.0, "fashion_mnist": 255.0, "cifar10": 255.0, "diabetes": 0.05}
 
 
 @dataclass
@@ -34,12 +36,19 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int  # classes, labels of a multi-hot target, or values per example of a regression target
     scale: float
+    target_offset: Optional[float] = None  # regression: mean and spread of the training targets
+    target_scale: Optional[float] = None
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def target_stats(self) -> Optional[Tuple[float, float]]:
+        """``(offset, scale)`` of regression targets (the model learns them standardised); None for classes."""
+        return None if self.target_offset is None else (self.target_offset, float(self.target_scale or 1.0))
 
     @property
     def nbytes(self) -> int:
@@ -55,9 +64,10 @@ class Splits:
 
         return calibration_batches(self.x_train, batches, batch_size, seed=seed)
 
-    def evaluation_batches(self, batch_size: int = 4096):
-        """The test split as ``(x, y)`` batches."""
-        return ((self.x_test[i:i + batch_size], self.y_test[i:i + batch_size]) for i in range(0, len(self.x_test), batch_size))
+    def evaluation_batches(self, batch_size: int = 4096, split: Optional[str] = None):
+        """The test split (or ``split``: ``validation``) as ``(x, y)`` batches."""
+        x, y = (self.x_val, self.y_val) if split == "validation" else (self.x_test, self.y_test)
+        return ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
 
 
 def _keras_dataset(name: str, cache_dir: Optional[str]):
@@ -131,7 +141,7 @@ def loads_without_tensorflow(d: DataConfig) -> bool:
     Such data can be loaded by a process that never imports TensorFlow — the ``tfscale`` parent, while its
     task process is still importing it.
     """
-    if d.name == DataName.digits:
+    if d.name in (DataName.digits, DataName.diabetes):
         return True
     if d.name != DataName.files or not d.path or "://" in d.path:
         return False
@@ -149,6 +159,11 @@ def load_splits(d: DataConfig) -> Splits:
 
         bunch = load_digits()
         x, y = bunch.data.astype("float32"), bunch.target.astype("int64")
+    elif d.name == DataName.diabetes:
+        from sklearn.datasets import load_diabetes
+
+        bunch = load_diabetes()
+        x, y = bunch.data.astype("float32"), bunch.target.astype("float32")
     elif d.name in KERAS_DATASETS:
         (x, y), test = _keras_dataset(d.name, d.cache_dir)
         x, y = x.astype("float32"), y.reshape(-1).astype("int64")
@@ -168,9 +183,19 @@ def split_arrays(x: np.ndarray, y: np.ndarray, d: DataConfig, *, test: Optional[
 
     if d.limit:
         x, y = x[: d.limit], y[: d.limit]
-    num_classes = int(d.num_classes or (int(max(y.max(), test[1].max() if test else 0)) + 1))
+    regression = np.issubdtype(y.dtype, np.floating)
+    if regression or y.ndim > 1:  # values, or multi-hot label rows: one output per column
+        num_classes = 1 if y.ndim == 1 else int(y.shape[1])
+    else:
+        num_classes = int(d.num_classes or (int(max(y.max(), test[1].max() if test else 0)) + 1))
     seed = d.shuffle_seed
-    stratify = y if np.bincount(y).min() >= 2 else None
+
+    def strata(labels: np.ndarray) -> Optional[np.ndarray]:  # class ids only, each class at least twice
+        if regression or labels.ndim > 1:
+            return None
+        return labels if np.bincount(labels).min() >= 2 else None
+
+    stratify = strata(y)
     if test is None and d.test_split > 0:
         x, x_test, y, y_test = train_test_split(x, y, test_size=d.test_split, random_state=seed, stratify=stratify)
     elif test is not None:
@@ -178,13 +203,17 @@ def split_arrays(x: np.ndarray, y: np.ndarray, d: DataConfig, *, test: Optional[
     else:
         x_test, y_test = x[:0], y[:0]
     if d.validation_split > 0:
-        strat = y if np.bincount(y).min() >= 2 else None
+        strat = strata(y)
         frac = d.validation_split / (1.0 - (d.test_split if test is None else 0.0))
         x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=frac, random_state=seed + 1, stratify=strat)
     else:
         x_train, y_train, x_val, y_val = x, y, x[:0], y[:0]
     scale = float(d.scale or DEFAULT_SCALE.get(d.name) or max(1.0, float(np.abs(x_train).max())))
-    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, scale)
+    splits = Splits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, scale)
+    if regression and len(y_train):
+        splits.target_offset = float(np.mean(y_train))
+        splits.target_scale = float(np.std(y_train)) or 1.0
+    return splits
 
 
 def make_dataset(tf: Any, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,

@@ -1,15 +1,16 @@
 """Models from config: a layer list of ``_target_`` nodes or a user's builder function.
 
 Every model tfscale trains has the same frame: an input named ``export.input_name`` taking raw features,
-a rescaling layer (so serving clients send raw values), the declared body, and a softmax head named
-``export.output_name`` in float32 (also under mixed precision, where it keeps the loss stable).
+a rescaling layer (so serving clients send raw values), the declared body, and the ``model.head`` named
+``export.output_name`` in float32: softmax, sigmoid (multi-label), linear (regression) or none (the body's
+own output).
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
-from orchestrator.config.schema import OptimizerName
+from orchestrator.config.schema import ModelHead, OptimizerName
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,8 +102,39 @@ def _body(cfg: ExperimentConfig, keras: Any, input_shape: Sequence[int], num_cla
     return layers
 
 
-def build_model(cfg: ExperimentConfig, input_shape: Sequence[int], num_classes: int, scale: float):
-    """Build and compile the experiment's model (call inside the strategy's scope)."""
+def _head(cfg: ExperimentConfig, keras: Any, x: Any, num_classes: int, target: Optional[Tuple[float, float]]) -> Any:
+    """The output layer(s) of ``model.head`` on the body's output ``x``, named ``export.output_name``, in float32
+    (also under mixed precision, where it keeps the loss stable).
+
+    ``linear`` learns standardised targets and scales them back with ``target`` (offset, scale), so the model
+    answers in the targets' units while its last Dense starts near the right range. ``none`` keeps the body's
+    output; a single one is renamed (and cast) so serving and quantization find it under the same name.
+    """
+    name = cfg.export.output_name
+    head = cfg.model.head
+    if head == ModelHead.none:
+        if isinstance(x, (list, tuple, dict)):
+            return x
+        return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten()(x)
+    if head == ModelHead.linear:
+        if target is None:
+            return keras.layers.Dense(num_classes, dtype="float32", name=name)(x)
+        x = keras.layers.Dense(num_classes, dtype="float32", name=f"{name}_standardised")(x)
+        offset, spread = target
+        return keras.layers.Rescaling(float(spread), offset=float(offset), dtype="float32", name=name)(x)
+    activation = "sigmoid" if head == ModelHead.sigmoid else "softmax"
+    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name=name)(x)
+
+
+def build_model(cfg: ExperimentConfig, input_shape: Sequence[int], num_classes: int, scale: float,
+                target: Optional[Tuple[float, float]] = None):
+    """Build and compile the experiment's model (call inside the strategy's scope).
+
+    ``num_classes``: the head's units (classes, labels, or values per example). ``target``: ``(offset, scale)``
+    of regression targets (``Splits.target_stats``); None leaves a linear head unscaled.
+    """
     from orchestrator.runtime.tf_env import import_keras
 
     keras = import_keras()
@@ -110,9 +142,7 @@ def build_model(cfg: ExperimentConfig, input_shape: Sequence[int], num_classes: 
     x = keras.layers.Rescaling(1.0 / float(scale), name="rescale")(inputs)
     for layer in _body(cfg, keras, input_shape, num_classes):
         x = layer(x)
-    if len(x.shape) > 2:
-        x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=cfg.export.output_name)(x)
+    outputs = _head(cfg, keras, x, num_classes, target)
     model = keras.Model(inputs, outputs, name=cfg.model.name)
     model.compile(optimizer=_optimizer(keras, cfg.model.optimizer), loss=cfg.model.loss, metrics=list(cfg.model.metrics),
                   steps_per_execution=cfg.strategy.steps_per_execution)

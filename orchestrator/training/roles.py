@@ -85,7 +85,7 @@ def run_evaluator(cfg: ExperimentConfig, run_dir: Path) -> Dict[str, Any]:
         evaluated_on = "validation" if len(splits.x_val) else "test"
         x, y = (splits.x_val, splits.y_val) if len(splits.x_val) else (splits.x_test, splits.y_test)
         data = make_dataset(tf, x, y, cfg.trainer.batch_size, shuffle=False, seed=0)
-    model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
+    model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale, target=splits.target_stats)
     ckpt_dir = run_dir / EVAL_CHECKPOINTS
     record = RunRecord(run_dir)
     evaluations = []
@@ -151,7 +151,7 @@ def coordinator_result(cfg: ExperimentConfig, model: Any, splits: Any) -> Tuple[
     from orchestrator.training.models import build_model
 
     devices = variable_devices(model)
-    local = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
+    local = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale, target=splits.target_stats)
     local.set_weights(model.get_weights())
     jobs = sorted({d.split("/device:")[0] for ds in devices.values() for d in ds if d})
     return local, {"variable_devices": devices, "variable_jobs": jobs,
@@ -165,11 +165,13 @@ def save_as_non_chief(tf: Any, model: Any, cfg: ExperimentConfig, input_shape: A
     Saving under multi_worker_mirrored is a collective, so every worker saves; a non-chief writes to a
     temporary directory that is deleted at once — only the chief publishes the model version.
     """
-    from orchestrator.artifacts.export import save_model
+    from orchestrator.artifacts.export import save_model, signature_options
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{identity.task_type}-{identity.task_index}-", dir=run_dir))
     try:
-        save_model(tf, model, tmp / "model", input_shape, cfg.export.input_name, cfg.export.output_name)
+        # The same signatures as the chief's export: every worker traces and saves the same functions.
+        save_model(tf, model, tmp / "model", input_shape, cfg.export.input_name, cfg.export.output_name,
+                   **signature_options(cfg))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(Path(run_dir) / f"checkpoints_tmp_{identity.task_type}_{identity.task_index}", ignore_errors=True)

@@ -305,6 +305,7 @@ class StreamingSource:
     """
 
     streaming = True
+    target_stats = None  # streamed labels are class ids (model.head=linear is refused for streamed data)
 
     def __init__(self, tf: Any, d: DataConfig, *, batch_size: int, seed: int, count_cache: Optional[Path] = None):
         self.tf = tf
@@ -470,9 +471,13 @@ class StreamingSource:
         ds = self.train(int(batch_size), seed=int(seed)).take(int(batches))
         return [x.astype("float32") for x, _ in ds.as_numpy_iterator()]
 
-    def evaluation_batches(self, batch_size: Optional[int] = None) -> Iterator[Tuple[Any, Any]]:
-        """Numpy ``(x, y)`` batches of the evaluation split (test, else validation), one at a time."""
-        ds = self.evaluation(self.evaluation_split, batch_size)
+    def evaluation_batches(self, batch_size: Optional[int] = None, split: Optional[str] = None) -> Iterator[Tuple[Any, Any]]:
+        """Numpy ``(x, y)`` batches of ``split``, by default the evaluation split (test, else validation), one at a time."""
+        ds = self.evaluation(split or self.evaluation_split, batch_size)
+        if ds is None:
+            raise ConfigError("quantization.evaluation_split", split,
+                              f"the streamed data has no {split} files. Set data.{split} to their file pattern, or "
+                              "quantization.evaluation_split=test.")
         return ds.as_numpy_iterator()
 
     def describe(self) -> Dict[str, Any]:

@@ -175,6 +175,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     record.update({"strategy": cfg.strategy.name, "replicas": replicas, "task": identity.__dict__})
     if identity.is_chief:
         RunRecord(run_dir).write_provenance(record)
+    hparams = _start_hparams_session(run_dir, overrides, started) if identity.is_chief and t.tensorboard else None
 
     splits = load_source(tf, cfg, run_dir=run_dir, splits=splits)  # in memory, or streamed from sharded files
     streamed = splits.streaming
@@ -188,7 +189,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
         val_ds = make_dataset(tf, splits.x_val, splits.y_val, batch, shuffle=False, seed=0) if len(splits.x_val) else None
         test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0) if len(splits.x_test) else None
     with strategy.scope():
-        model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale)
+        model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale, target=splits.target_stats)
         # qat: wrapped before compile/training; int8 and qat check there are rows to calibrate on
         model = quantization.prepare_model(cfg, model, splits.sample_x if streamed else splits.x_train)
 
@@ -257,12 +258,35 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
         metrics["quantization"] = conversion.report
     metrics["wall_seconds"] = round(time.time() - started, 3)
     metrics["peak_rss_mb"] = peak_rss_mb()
+    if hparams is not None:
+        _end_hparams_session(hparams, metrics)
     if identity.is_chief:
         RunRecord(run_dir).write_metrics(metrics)
         from orchestrator.vertex.hypertune import report_from_env
 
         report_from_env(metrics)  # a no-op unless this task is a Vertex tuning trial
     return metrics
+
+
+def _start_hparams_session(run_dir: Path, overrides: Optional[list], started: float) -> Any:
+    """The run as a TensorBoard HParams session, its overrides as hyperparameters, so that ``tensorboard
+    --logdir runs`` compares runs side by side (its per-epoch scalars are the session's metrics)."""
+    from tuners.hparams import HParamsSession, overrides_as_hparams
+
+    session = HParamsSession(run_dir / "tensorboard")
+    session.start(overrides_as_hparams(overrides or []), start_time=started)
+    return session
+
+
+def _end_hparams_session(session: Any, metrics: Dict[str, Any]) -> None:
+    """The final evaluation as the session's metrics (``test/accuracy``, ...), then its end."""
+    from tuners import TrialStatus
+
+    final = {f"{split}/{k}": v for split in ("test", "validation") for k, v in (metrics.get(split) or {}).items()}
+    if final:
+        session.scalars(final, step=int(metrics.get("epochs") or 0))
+    session.end(TrialStatus.COMPLETED)
+    session.close()
 
 
 def peak_rss_mb() -> float:

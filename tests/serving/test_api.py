@@ -199,7 +199,7 @@ def test_batching_merges_concurrent_requests_and_keeps_answers(repo, start_serve
     assert sum(calls) == 8 and len(calls) < 8, calls  # some requests shared a call
 
 
-def test_reload_config_over_grpc_adds_a_model(repo, start_server, templates, digits_rows):
+def test_reload_config_over_grpc_adds_a_model(repo, start_server, templates, digits_rows, monkeypatch):
     from serving_testkit import publish
     from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
@@ -207,12 +207,15 @@ def test_reload_config_over_grpc_adds_a_model(repo, start_server, templates, dig
     from orchestrator.serving.repository import ModelEntry
 
     publish(repo / "other", 1, templates[2])
-    server = start_server(repo, model_name=MODEL)
+    token = "reload-token-from-the-environment"
+    monkeypatch.setenv("TFSCALE_SERVING_ADMIN_TOKEN", token)
+    server = start_server(repo, model_name=MODEL, admin={"enable_reload": True})
     request = model_management_pb2.ReloadConfigRequest()
     for name in (MODEL, "other"):
         entry_to_proto(ModelEntry(name, str(repo / name)), request.config.model_config_list.config.add())
     with grpc.insecure_channel(f"localhost:{server.grpc_port}") as channel:
-        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=30.0)
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            request, timeout=30.0, metadata=[("authorization", f"Bearer {token}")])
     assert response.status.error_code == 0
     r = requests.post(f"http://localhost:{server.rest_port}/v1/models/other:predict", json={"instances": digits_rows[:1].tolist()})
     assert r.status_code == 200, r.text

@@ -67,7 +67,7 @@ def test_launch_plan_and_kubernetes_manifest(tmp_path):
     assert plan["docker"][:3] == ["docker", "run", "--rm"] and "tensorflow/serving:2.18.0" in plan["docker"]
     assert f"{tmp_path.resolve()}:/models" in plan["docker"] and "8500:8500" in plan["docker"]
 
-    text = yaml.safe_dump_all(cf.kubernetes_manifest(d, tmp_path, "tf-serving-digits"))
+    text = yaml.safe_dump_all(cf.kubernetes_manifest(d, tmp_path, "tf-serving-digits", model="digits"))
     deployment, service = yaml.safe_load_all(text)
     assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
     assert deployment["spec"]["replicas"] == 3
@@ -78,6 +78,9 @@ def test_launch_plan_and_kubernetes_manifest(tmp_path):
     volume = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert volume["name"] == container["volumeMounts"][0]["name"] and volume["hostPath"]["path"] == str(tmp_path.resolve())
     assert "--model_config_file=/models/models.container.config" in container["args"]
+    # Ready once the model server answers for the model on REST; alive while gRPC accepts connections.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/digits", "port": 8501}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": 8500}
     assert sorted(p["port"] for p in service["spec"]["ports"]) == [8500, 8501]
 
 

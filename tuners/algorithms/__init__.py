@@ -5,6 +5,7 @@ from __future__ import annotations
 from tuners.algorithms.base import Designer
 from tuners.algorithms.gp_bandit import GaussianProcessBandit
 from tuners.algorithms.grid_search import GridDesigner
+from tuners.algorithms.nsga2 import NSGA2Designer
 from tuners.algorithms.random_search import QuasiRandomDesigner, RandomDesigner
 from tuners.algorithms.tpe import TPEDesigner
 from tuners.algorithms.vizier_designer import VizierDesigner
@@ -15,6 +16,7 @@ __all__ = [
     "Designer",
     "GaussianProcessBandit",
     "GridDesigner",
+    "NSGA2Designer",
     "QuasiRandomDesigner",
     "RandomDesigner",
     "TPEDesigner",
@@ -30,6 +32,7 @@ DESIGNERS: dict[Algorithm, type[Designer]] = {
     Algorithm.GAUSSIAN_PROCESS_BANDIT: GaussianProcessBandit,
     Algorithm.TPE: TPEDesigner,
     Algorithm.VIZIER: VizierDesigner,
+    Algorithm.NSGA2: NSGA2Designer,
 }
 
 

@@ -19,6 +19,9 @@ class Designer(abc.ABC):
     Call protocol, as driven by :class:`tuners.Study`:
 
     1. ``designer = SomeDesigner(spec, seed)`` -- a new designer knows nothing about earlier trials.
+       A warm-started study passes the COMPLETED trials of earlier studies in its first ``update``, with
+       negative ids; a model-based designer learns from them like from its own, and every designer treats
+       their points as tried.
     2. ``designer.update(completed, active)`` -- ``completed`` are trials that finished *since the previous
        update* (COMPLETED, STOPPED or FAILED; FAILED ones and those without an objective carry no value but
        must not be suggested again), ``active`` are *all* trials currently running.
@@ -27,9 +30,18 @@ class Designer(abc.ABC):
        Fewer than ``count`` (possibly none) means the space is exhausted.
 
     The same seed and the same sequence of calls give the same suggestions.
+
+    A designer that sets ``multi_objective = True`` accepts studies with several metrics (their trials
+    carry every value in ``Trial.objectives``); the others optimise ``spec.metric`` and refuse such studies.
     """
 
+    #: Whether the designer can run a study with several metrics.
+    multi_objective = False
+
     def __init__(self, spec: StudySpec, seed: int = 0):
+        if spec.is_multi_objective and not self.multi_objective:
+            raise ValueError(f"{type(self).__name__} optimises one metric, but the study has "
+                             f"{[m.tag for m in spec.metrics]}. Use a multi-objective designer (NSGA2).")
         self.spec = spec
         self.seed = seed
         self._observed: dict[int, Trial] = {}

@@ -23,6 +23,8 @@ class GridDesigner(Designer):
     Conditional children are expanded only under the parent values that activate them.
     """
 
+    multi_objective = True  # the walk ignores objectives
+
     def __init__(self, spec: StudySpec, seed: int = 0, *, resolution: int | None = None):
         super().__init__(spec, seed)
         numeric = [p for p in spec.all_parameters()

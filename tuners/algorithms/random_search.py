@@ -20,6 +20,8 @@ _MAX_DRAWS_PER_POINT = 200
 class _UnitSamplerDesigner(Designer):
     """Draws unit-cube points from ``_draw`` and skips assignments already seen."""
 
+    multi_objective = True  # the draws ignore objectives
+
     def __init__(self, spec: StudySpec, seed: int = 0):
         super().__init__(spec, seed)
         self._codec = UnitCodec(spec)

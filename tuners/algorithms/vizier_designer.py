@@ -52,7 +52,8 @@ class VizierDesigner(Designer):
 
     def _to_vizier(self, trial) -> Any:
         vz = self._vz
-        out = vz.Trial(parameters=dict(trial.parameters), id=trial.id + 1)
+        # Vizier ids start at 1; warm-start trials of earlier studies come with negative ids.
+        out = vz.Trial(parameters=dict(trial.parameters), id=trial.id + 1 if trial.id >= 0 else 2**31 - trial.id)
         if trial.objective is not None and trial.id in self._observed:
             out.complete(vz.Measurement(metrics={self.spec.metric.tag: float(trial.objective)}))
         elif trial.status.is_finished:

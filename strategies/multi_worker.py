@@ -10,6 +10,7 @@ from typing import Any, Dict
 
 from orchestrator.errors import ConfigError
 from strategies.base import ExperimentSettings, FitData, FitInput, Strategy, StrategyContext
+from strategies.devices import local_tpu_devices
 from strategies.tf_config import check_cluster, cluster_from_env, role_counts, role_topology
 
 
@@ -149,6 +150,11 @@ class TPUStrategy(Strategy):
         tpu = ctx.cfg.strategy.tpu
         if not tpu:
             raise ConfigError("strategy.tpu", tpu, "Name the TPU: a TPU name, a grpc://host:port address, or 'local'.")
+        if str(tpu) == "local" and not local_tpu_devices():
+            raise ConfigError("strategy.tpu", tpu, "This machine has no TPU device (no /dev/accel* or /dev/vfio/<n>), and "
+                              "strategy.tpu=local works only on a Cloud TPU VM. Name a reachable TPU (strategy.tpu=grpc://10.240.1.2:8470 "
+                              "or its name), or choose a strategy for this machine's devices, e.g. strategy=default or "
+                              "strategy=mirrored topology=cpu_x2.")
         if str(tpu).startswith("grpc://"):
             from strategies.tf_config import split_address
 

@@ -17,9 +17,11 @@ Use from a Hydra Sweeper (or any driver)::
             #     if study.add_measurement(trial.id, epoch, value): kill it, then study.stop(trial.id)
             # on success: study.complete(trial.id, objective, log_path=job_dir)
             #   (objective = the task's return value, or read_tb_scalar(job_dir, spec.metric.tag)[-1][1])
+            # several metrics (spec.metrics): study.complete(trial.id, {tag: value, ...}); the result is
+            #   study.pareto_trials (non-dominated completed trials) instead of study.best_trial
             # on error:   study.fail(trial.id, traceback_text, log_path=job_dir)  # may raise StudyFailedError
         print(progress_line(study))
-    write_results(study, sweep_dir)                # study.csv, study.md, best_overrides.txt, plots, HParams
+    write_results(study, sweep_dir)                # study.html, .csv, .md, best_overrides.txt, plots, HParams
 
 A relaunched sweep in the same directory with the same config continues the study: finished trials are
 kept, trials that were running when the driver died are suggested again with the same ids and parameters.

@@ -26,6 +26,7 @@ __all__ = [
     "non_dominated_sort",
     "pareto_front",
     "pareto_lines",
+    "run_directory",
     "write_pareto_csv",
 ]
 
@@ -135,6 +136,13 @@ def _cell(value: float) -> str:
     return f"{value:.6g}"
 
 
+def run_directory(trial: Trial) -> str:
+    """The trial's run directory: its ``log_path`` is that directory or a ``.log`` file inside it."""
+    if not trial.log_path:
+        return ""
+    return os.path.dirname(trial.log_path) if trial.log_path.endswith(".log") else trial.log_path
+
+
 def pareto_lines(spec: StudySpec, trials: Sequence[Trial]) -> list[str]:
     """Printable lines: the Pareto set's size, then one line per point with its values and overrides."""
     front = pareto_front(trials, spec.metrics)
@@ -144,7 +152,7 @@ def pareto_lines(spec: StudySpec, trials: Sequence[Trial]) -> list[str]:
         values = metric_values(t, spec.metrics)
         shown = "  ".join(f"{tag}={_cell(v)}" for tag, v in values.items())
         lines.append(f"[study]   trial {t.id}: {shown}  {' '.join(t.overrides())}"
-                     + (f"  ({t.log_path})" if t.log_path else ""))
+                     + (f"  ({run_directory(t)})" if t.log_path else ""))
     return lines
 
 
@@ -155,10 +163,10 @@ def write_pareto_csv(spec: StudySpec, trials: Sequence[Trial], path: str | os.Pa
     names = [p.name for p in spec.all_parameters()]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["trial_id", *(m.tag for m in spec.metrics), *names, "overrides", "log_path"])
+        writer.writerow(["trial_id", *(m.tag for m in spec.metrics), *names, "overrides", "run_dir"])
         for t in front:
             values = metric_values(t, spec.metrics)
             writer.writerow([t.id, *(repr(values[m.tag]) for m in spec.metrics),
                              *(format_override_value(t.parameters[n]) if n in t.parameters else "" for n in names),
-                             " ".join(t.overrides()), t.log_path or ""])
+                             " ".join(t.overrides()), run_directory(t)])
     return front

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from tuners.hparams import HParamsSession
-from tuners.pareto import pareto_front, write_pareto_csv
+from tuners.pareto import pareto_front, run_directory, write_pareto_csv
 from tuners.study import Study
 from tuners.study_report import BEST_COLOUR, STATUS_COLOURS, render_html
 from tuners.study_spec import Goal, ParameterType, ScaleType, Trial, TrialStatus, format_override_value
@@ -75,7 +75,7 @@ def _pareto_markdown(study: Study) -> list[str]:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in front:
         cells = [str(t.id), *_objective_cells(study, t, lambda v: f"{v:.6g}"), f"`{' '.join(t.overrides())}`",
-                 t.log_path or ""]
+                 run_directory(t)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -248,7 +248,7 @@ def _write_hparams(study: Study, logdir: Path) -> Path:
             for old in trial_dir.glob("*tfevents*"):
                 old.unlink()
         with HParamsSession(trial_dir) as session:
-            session.start(t.parameters, group_name=f"trial_{t.id}", start_time=t.started_at or t.created_at)
+            session.start(t.parameters, start_time=t.started_at or t.created_at)
             for m in t.measurements:
                 session.scalars(m.metrics, step=m.step, wall_time=t.updated_at)
             values = dict(t.objectives)
@@ -298,9 +298,13 @@ def write_results(study: Study, out_dir: str | os.PathLike, *, plots: bool = Tru
         paths["best_overrides"].write_text(" ".join(best.overrides()) + "\n", encoding="utf-8")
     plots_note = None
     if plots:
-        drawn = _plot(study, out)
+        try:
+            drawn = _plot(study, out)
+            plots_note = None if drawn else PLOTS_MISSING
+        except Exception as exc:  # the trials ran and every other result stands: say so, do not fail the study
+            drawn, plots_note = {}, f"PNG plots not drawn: {type(exc).__name__}: {exc}"
+            _log.warning("[study] %s", plots_note)
         paths.update(drawn)
-        plots_note = None if drawn else PLOTS_MISSING
     pngs = [(name, out / name) for name in _PNG_NAMES if (out / name).exists()]
     _write_markdown(study, paths["markdown"], pngs, plots_note)
     _write_html(study, out, [("study.md", "study.md"), ("study.csv", "study.csv"),

@@ -549,9 +549,10 @@ def render_html(study: Study, out_dir: str | os.PathLike, trials: Sequence[Trial
     if len(metrics) > 1:
         charts.append(("pareto", "Pareto front", _pareto_charts(study, metrics), False))
     charts.append(("importance", "Parameter importance", _importance_chart(study, metrics), False))
-    for i, m in enumerate(metrics):
-        charts.append(("curves" if i == 0 else f"curves-{i}", f"Learning curves: {m.tag}",
-                       _curves_chart(study, m), False))
+    for i, m in enumerate(metrics):  # a metric only known at the end (a model's size) has no curves
+        if i == 0 or any(t.curve(m.tag) for t in study.trials):
+            charts.append(("curves" if i == 0 else f"curves-{i}", f"Learning curves: {m.tag}",
+                           _curves_chart(study, m), False))
     charts.append(("parallel", "Parallel coordinates", _parallel_chart(study, metrics), True))
     live = any(t.status is TrialStatus.ACTIVE for t in study.trials)
     head = [f"<h1>Study: {_esc(title)}</h1>", f'<p class="meta">{_esc(progress)}</p>']

@@ -39,6 +39,7 @@ class ProcessesLauncherConf:
     _target_: str = f"{_PREFIX}.ProcessesLauncher"
     max_parallel: Optional[int] = None  # jobs running at once; null = the whole batch (a study: max_parallel_trials)
     gpus_per_trial: Optional[int] = None  # null = this machine's GPUs split evenly between parallel jobs
+    trials_per_gpu: int = 1  # > 1: that many jobs share each GPU, each in its topology.gpu_memory_limit_mb slice
     stop_timeout_s: float = 10.0  # SIGTERM -> SIGKILL grace when a job is stopped
     stream_logs: bool = False  # echo each job's output prefixed with "[trial N] "
     warm: bool = True  # each slot a warm process (TensorFlow imported) forking a child per job; false = fresh processes

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from orchestrator.artifacts.redact import redact_message
-from orchestrator.config.compose import CONF_DIR, compose, translate_compose_error
+from orchestrator.config.compose import CONF_DIR, compose, normalize_overrides, translate_compose_error
 from orchestrator.errors import ConfigError, TfscaleError
 from orchestrator.launch.job_process import warm_start
 from orchestrator.runtime import supervisor
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 SUBCOMMANDS = {
     "inspect": "orchestrator.app.inspect:main",
-    "serve": "orchestrator.serving.cli:main",
+    "serve": "orchestrator.app.serve:main",
     "rollback": "orchestrator.serving.cli:rollback_main",
     "data": "orchestrator.app.data_convert:main",
 }
@@ -65,10 +65,11 @@ def _compose_sweep_base(overrides: Sequence[str], flags: dict) -> None:
     then validates each trial's config."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    overrides = normalize_overrides(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:  # Hydra's parser reports its own syntax errors
-        return
+    except Exception as exc:  # one line naming the override, with the quoting it needs
+        raise translate_compose_error(exc, overrides) from exc
     fixed = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
     compose(fixed, flags.get("-cd") or flags.get("--config-dir"), flags.get("-cn") or flags.get("--config-name") or "config")
 
@@ -197,6 +198,7 @@ def run_single(overrides: List[str], config_dir: Optional[str] = None, config_na
     from orchestrator.config.validation import validate
 
     register_configs()
+    overrides = normalize_overrides(overrides)
     search_path = create_automatic_config_search_path(None, None, str(CONF_DIR))
     if config_dir:
         path = Path(config_dir).resolve()
@@ -295,7 +297,8 @@ def _run(argv: List[str]) -> None:
     from orchestrator.config.schema import register_configs
 
     register_configs()
-    sys.argv = [sys.argv[0] or "tfscale", *argv]
+    fixed = dict(zip(overrides, normalize_overrides(overrides)))  # the words Hydra reads, as run_single composes them
+    sys.argv = [sys.argv[0] or "tfscale", *(fixed.get(a, a) for a in argv)]
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(hydra_task)()
 
 

@@ -43,10 +43,15 @@ def describe_saved_model(path: Path) -> str:
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
+    from tensorflow.core.protobuf import saved_model_pb2
+
     loaded = tf.saved_model.load(str(path))
+    # The method name (what TF Serving's Predict, Classify or Regress accept) is only in saved_model.pb.
+    defs = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0].signature_def
     lines = [f"SavedModel {path}"]
     for name, fn in loaded.signatures.items():
-        lines.append(f"signature '{name}':")
+        method = defs[name].method_name if name in defs else ""
+        lines.append(f"signature '{name}':" + (f" method {method}" if method else ""))
         _, kwargs = fn.structured_input_signature
         for key, spec in sorted(kwargs.items()):
             lines.append(f"  input  {key}: dtype={spec.dtype.name} shape={spec.shape.as_list()}")

@@ -159,6 +159,85 @@ def calibration_batches(x_train: np.ndarray, batches: int, batch_size: int, seed
     return [rows[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+class UnsupportedOpsError(ConfigError):
+    """The TFLite converter cannot convert (or, for int8/qat, cannot quantize) some ops of the model.
+
+    ``ops``: ``(op, where)`` pairs, ``where`` being the tensor or call-site name the converter reports
+    (``mlp/lstm/...``: the layer is a component of it). Nothing was published.
+    """
+
+    def __init__(self, mode: str, ops: Sequence[Tuple[str, str]], problem: str, fix: str):
+        self.mode = mode
+        self.ops = list(ops)
+        self.problem_text = problem
+        super().__init__("quantization.mode", mode, fix, problem=problem)
+
+
+#: Ops of a recurrent layer's loop over time steps, which TFLite converts only as a static (unrolled) loop.
+_TENSOR_LIST_OPS = ("TensorList", "While")
+
+
+def _op_fix(mode: str, op: str) -> str:
+    if any(op.startswith(p) for p in _TENSOR_LIST_OPS):
+        return ("It comes from a recurrent layer's loop over time steps: set unroll: true on that layer (a static loop "
+                "TFLite converts), or use quantization=none.")
+    if mode in CALIBRATED_MODES:
+        return ("Use layers whose ops TFLite runs in int8, or quantization=dynamic or float16, which keep activations in float.")
+    return "Replace the layer that uses it, or use quantization=none."
+
+
+def _converter_failure(mode: str, exc: Exception) -> UnsupportedOpsError:
+    """The converter's error (pages of MLIR locations) as one line: the first failing op and where it is."""
+    import re
+
+    text = str(exc)
+    ops: List[Tuple[str, str]] = []
+    for m in re.finditer(r"loc\((?:callsite\()?fused\[\"(?P<op>[^:\"]+):\", \"(?P<where>[^\"@]+)[^\]]*\][^\n]*?\): error: (?P<what>[^\n]+)", text):
+        ops.append((m.group("op"), m.group("where")))
+    if not ops:
+        for m in re.finditer(r"'tf\.(?P<op>\w+)' op", text):
+            ops.append((m.group("op"), ""))
+    first = next((line.split(": error: ", 1)[1] for line in text.splitlines() if ": error: " in line),
+                 (text.strip().splitlines() or [type(exc).__name__])[0])
+    op = ops[0][0] if ops else "?"
+    where = next((w for o, w in ops if w and "/" in w), ops[0][1] if ops else "")
+    problem = (f"the TFLite converter cannot convert op {op}" + (f" (in {where})" if where else "")
+               + f": {first.strip()[:200]}")
+    return UnsupportedOpsError(mode, ops, problem, _op_fix(mode, op))
+
+
+def float_ops(content: bytes) -> List[Tuple[str, str]]:
+    """``(op, output tensor)`` of the ops of a converted model that compute in float (other than the
+    (de)quantization at its edges). An int8 conversion leaves an op without an int8 kernel in float32 between
+    a DEQUANTIZE and a QUANTIZE instead of failing; [] when the interpreter cannot list its ops."""
+    import numpy as np
+
+    interpreter = _interpreter(content)
+    details = getattr(interpreter, "_get_ops_details", None)
+    if details is None:
+        return []
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in details():
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        inputs = [tensors[i] for i in op["inputs"] if i >= 0 and i in tensors]
+        if any(np.dtype(t["dtype"]).kind == "f" for t in inputs):
+            outputs = [tensors[i]["name"] for i in op["outputs"] if i in tensors]
+            found.append((op["op_name"], outputs[0] if outputs else ""))
+    return found
+
+
+def _check_integer_only(mode: str, content: bytes) -> None:
+    leftovers = float_ops(content)
+    if leftovers:
+        op, where = leftovers[0]
+        more = f" (and {len(leftovers) - 1} more)" if len(leftovers) > 1 else ""
+        raise UnsupportedOpsError(mode, leftovers, f"op {op} (in {where}){more} has no int8 kernel in TFLite, so the "
+                                  f"converter would leave it in float32 and the model would not be integer-only",
+                                  _op_fix(mode, op))
+
+
 def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[np.ndarray]] = None,
             int8_io: bool = False, dense_per_channel: bool = False) -> bytes:
     """Convert a SavedModel to TFLite; ``mode`` is ``float32`` (no optimization) or a quantization mode.
@@ -166,13 +245,31 @@ def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[
     Dense layers get one scale per tensor unless ``dense_per_channel``: per-channel parameters cost a
     float scale and an int64 zero point per output unit for the kernel and again for the bias, which
     for a small MLP is a sixth of the int8 file. Convolutions stay per-channel either way.
+
+    Raises :class:`UnsupportedOpsError` (a ConfigError naming the op) when the converter fails on an op, and
+    for int8/qat when an op would stay in float32 (the model would not be the integer-only model asked for).
     """
+    content = _convert(saved_model_dir, mode, calibration=calibration, int8_io=int8_io, dense_per_channel=dense_per_channel)
+    if mode in CALIBRATED_MODES:
+        _check_integer_only(mode, content)
+    return content
+
+
+def _convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[np.ndarray]],
+             int8_io: bool, dense_per_channel: bool) -> bytes:
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+
+    def run() -> bytes:
+        try:
+            return converter.convert()
+        except Exception as exc:  # ConverterError, or the ValueError a calibration run raises for an op it cannot load
+            raise _converter_failure(mode, exc) from None
+
     if mode == "float32":
-        return converter.convert()
+        return run()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # The converter exposes this switch only as an attribute; it is the one TFLite's own tools use.
     converter._experimental_disable_per_channel_quantization_for_dense_layers = not dense_per_channel
@@ -193,7 +290,7 @@ def convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence[
             converter.inference_output_type = tf.int8
     elif mode != "dynamic":
         raise ConfigError("quantization.mode", mode, f"Use one of: {', '.join(QuantizationMode.values())}.")
-    return converter.convert()
+    return run()
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -55,6 +55,61 @@ def _schema_choices(path: Sequence[str]) -> Optional[List[str]]:
     return node.values() if isinstance(node, type) and issubclass(node, Choice) else None
 
 
+def _schema_is_dict(path: Sequence[str]) -> bool:
+    """Whether the schema declares the field at ``path`` a ``Dict[...]`` (e.g. ``cluster.spec``)."""
+    import typing
+
+    from orchestrator.config.schema import ExperimentConfig
+
+    node: Any = ExperimentConfig
+    hint: Any = None
+    for part in path:
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return False
+        hint = typing.get_type_hints(node).get(part)
+        if hint is None:
+            return False
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        node = hint = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+    return typing.get_origin(hint) in (dict, typing.Dict) or hint in (dict, typing.Dict)
+
+
+def normalize_overrides(overrides: Sequence[str]) -> List[str]:
+    """The overrides with ``key={...}`` on a dict field of the schema turned into ``+key={...}``.
+
+    Hydra composes in struct mode, where ``cluster.spec={worker: [...]}`` cannot add the key ``worker`` to the
+    empty ``spec`` of ``cluster=none`` (Hydra's "Could not override"); ``+`` merges the dict in as the user
+    meant. The README's own ``cluster.spec={...}`` form thus works on every cluster option.
+    """
+    out = []
+    for ov in overrides:
+        key, eq, value = ov.partition("=")
+        if eq and value.lstrip().startswith("{") and key and key[0] not in "+~" and _schema_is_dict(key.split(".")):
+            ov = "+" + ov
+        out.append(ov)
+    return out
+
+
+def _unparsable(overrides: Sequence[str], exc: Exception) -> ConfigError:
+    """A ConfigError for the first override Hydra's grammar rejects, with the quoting hint it needs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_overrides([ov])
+        except Exception:  # this is the one
+            key, _, value = ov.partition("=")
+            key = key.lstrip("+~")
+            if any(ord(c) > 127 for c in value):
+                return ConfigError(key, value, "Hydra's override grammar reads characters outside ASCII only inside quotes: "
+                                   f"write {key}=\"{value}\" (in a shell, quote the whole word: '{key}=\"{value}\"').")
+            hydra_says = " ".join(str(exc).split()).split(" See https://")[0]
+            return ConfigError(key, value, f"Hydra cannot parse this override ({hydra_says}). Quote a value holding spaces, "
+                               f"commas, brackets or other special characters: {key}='...' (in a shell: \"{key}='...'\").")
+    return ConfigError("overrides", list(overrides), " ".join(str(exc).split()))
+
+
 def _override_value(overrides: Sequence[str], key: str) -> Any:
     for ov in overrides:
         k, _, v = ov.lstrip("+~").partition("=")
@@ -95,10 +150,13 @@ def _undeclared_study_key(cause: Any, parts: List[str], value: Any) -> Optional[
 
 def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigError:
     """Turn a Hydra/OmegaConf composition error into a ConfigError naming key, value and fix."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     from orchestrator.errors import MISSING_VALUE
+
+    if isinstance(exc, OverrideParseException):
+        return _unparsable(overrides, exc)
 
     if isinstance(exc, MissingConfigException):
         text = str(exc)
@@ -160,6 +218,7 @@ def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_n
     from orchestrator.config.schema import register_configs
 
     register_configs()
+    overrides = normalize_overrides(overrides)
     extra = list(overrides)
     if config_dir:
         extra.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")

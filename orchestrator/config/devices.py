@@ -82,4 +82,20 @@ def plan_devices(topo: TopologyConfig, env: Optional[Mapping[str, str]] = None, 
                       gpu_fallback=fallback, notes=tuple(notes))
 
 
-__all__ = ["DevicePlan", "detect_gpus", "plan_devices"]
+def check_gpu_share(trials_per_gpu: int, memory_limit_mb: Optional[int]) -> None:
+    """Study trials sharing a GPU (``hydra.launcher.trials_per_gpu``) must each keep to a memory slice.
+
+    TensorFlow otherwise maps nearly all of a GPU's memory in the first process that touches it, and the next
+    trial on that GPU fails to allocate; ``topology.gpu_memory_limit_mb`` gives each trial its own logical GPU of
+    that size. (Ray's fractional GPUs share the scheduling only, not the memory.)
+    """
+    if trials_per_gpu < 1:
+        raise ConfigError("hydra.launcher.trials_per_gpu", trials_per_gpu, "Use 1 (a GPU per trial) or more trials per GPU.")
+    if trials_per_gpu > 1 and memory_limit_mb is None:
+        raise ConfigError("hydra.launcher.trials_per_gpu", trials_per_gpu,
+                          f"{trials_per_gpu} trials share each GPU, so each needs its own memory slice: set "
+                          f"topology.gpu_memory_limit_mb to at most the GPU's memory / {trials_per_gpu} "
+                          "(e.g. topology.gpu_memory_limit_mb=4096), or use hydra.launcher.trials_per_gpu=1.")
+
+
+__all__ = ["DevicePlan", "check_gpu_share", "detect_gpus", "plan_devices"]

@@ -30,7 +30,7 @@ def check_name(key: str, value: Any, used_as: str) -> None:
         return
     safe = re.sub(r"[^\w.+=@-]+", "_", text).strip("._") or "my_experiment"
     raise ConfigError(key, value, f"It names {used_as}, so it must be one directory name: letters, digits, '_', '-', "
-                      f"'.', no '/', '\\\\' or '..' and no leading '.'; e.g. {key}={safe}.")
+                      f"'.', no '/', '\\' or '..' and no leading '.'; e.g. {key}={safe}.")
 
 
 def check_names(cfg: Any) -> None:
@@ -51,8 +51,10 @@ def _existing_ancestor(path: Path) -> Path:
         try:
             if candidate.exists() or candidate.is_symlink():
                 return candidate
-        except OSError:  # a component we may not look into: report it as the place that fails
+        except PermissionError:  # a component we may not look into: report it as the place that fails
             return candidate
+        except OSError:  # e.g. a name too long to look up: it does not exist, so look further up
+            continue
     return Path(path.anchor or "/")
 
 

@@ -14,6 +14,8 @@ from orchestrator.errors import ConfigError
 
 VERSION_POLICIES = ("latest", "all", "specific")
 LAUNCH_MODES = ("auto", "binary", "embedded", "none")
+ENGINES = ("embedded", "ray")
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
 @dataclass
@@ -72,6 +74,20 @@ class MonitoringConfig:
 
 
 @dataclass
+class AutoscalingConfig:
+    """Ray Serve autoscaling of the replicas (``serving.engine=ray``), on when ``max_replicas`` is set.
+
+    Ray Serve keeps between ``min_replicas`` and ``max_replicas`` replicas, adding replicas while the
+    requests in progress or queued per replica exceed ``target_ongoing_requests`` and removing them when
+    traffic falls; it starts with ``serving.replicas`` (kept within the bounds).
+    """
+
+    min_replicas: int = 1
+    max_replicas: Optional[int] = None  # null: a fixed number of replicas (serving.replicas)
+    target_ongoing_requests: float = 2.0
+
+
+@dataclass
 class ServingConfig:
     """The embedded TF-Serving-compatible server (``tfscale serve``).
 
@@ -115,6 +131,14 @@ class ServingConfig:
     ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)  # Prometheus endpoint on the REST port
     log_level: str = "INFO"
+    # Where it runs. embedded: this process. ray: replicas on Ray Serve behind its HTTP and gRPC proxies,
+    # each loading the repository from its URI (pip install 'tfscale[ray]'); the settings below are for it.
+    engine: str = "embedded"
+    replicas: int = 1  # the number of replicas (the starting number when autoscaling)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    ray_address: Optional[str] = None  # an existing cluster (auto, host:port, ray://host:10001); null: RAY_ADDRESS or a local Ray
+    ray_replica_cpus: float = 1.0  # CPUs Ray reserves for each replica
+    ray_proxy_location: str = "EveryNode"  # EveryNode: a proxy on each node with a replica; HeadOnly: one, on the head
 
 
 @dataclass
@@ -222,6 +246,49 @@ def check_serving(s: ServingConfig, key: str = "serving") -> None:
     check_version_policy(f"{key}.version_policy", s.version_policy)
     check_labels(f"{key}.version_labels", s.version_labels)
     check_batching(f"{key}.batching", s.batching)
+    check_engine(key, s)
+
+
+def check_engine(key: str, s: ServingConfig) -> None:
+    """``serving.engine`` and its Ray Serve settings; ``engine=ray`` needs Ray Serve installed (looked up, not imported)."""
+    import importlib.util
+
+    if s.engine not in ENGINES:
+        raise ConfigError(f"{key}.engine", s.engine, f"Use one of: {', '.join(ENGINES)}.")
+    if s.replicas < 1:
+        raise ConfigError(f"{key}.replicas", s.replicas, "Run at least 1 replica.")
+    a = s.autoscaling
+    if a.min_replicas < 1:
+        raise ConfigError(f"{key}.autoscaling.min_replicas", a.min_replicas, "Keep at least 1 replica: a replica loads "
+                          "every model before it answers, so scaling from 0 would hold the first requests that long.")
+    if a.max_replicas is not None and a.max_replicas < a.min_replicas:
+        raise ConfigError(f"{key}.autoscaling.max_replicas", a.max_replicas, f"min_replicas <= max_replicas must hold, but "
+                          f"got min_replicas={a.min_replicas}, max_replicas={a.max_replicas}.")
+    if not a.target_ongoing_requests > 0:
+        raise ConfigError(f"{key}.autoscaling.target_ongoing_requests", a.target_ongoing_requests, "Use a positive number "
+                          "of requests per replica (Ray Serve's default is 2).")
+    if not s.ray_replica_cpus > 0:
+        raise ConfigError(f"{key}.ray_replica_cpus", s.ray_replica_cpus, "Use a positive number of CPUs, e.g. 1 or 0.5.")
+    if s.ray_proxy_location not in PROXY_LOCATIONS:
+        raise ConfigError(f"{key}.ray_proxy_location", s.ray_proxy_location, f"Use one of: {', '.join(PROXY_LOCATIONS)}.")
+    if s.engine == "embedded":
+        for name, value, default in (("replicas", s.replicas, 1), ("autoscaling.max_replicas", a.max_replicas, None),
+                                     ("ray_address", s.ray_address, None)):
+            if value != default:
+                raise ConfigError(f"{key}.{name}", value, f"It applies to replicas on Ray Serve; add {key}.engine=ray.")
+        return
+    missing = [m for m in ("ray", "starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"{key}.engine", s.engine, f"Ray Serve is not installed (no {', '.join(missing)}); "
+                          "pip install 'tfscale[ray]'.")
+    for name in ("rest_tls_cert", "grpc_tls_cert"):
+        if getattr(s, name):
+            raise ConfigError(f"{key}.{name}", getattr(s, name), f"{key}.engine=ray serves through Ray Serve's proxies, "
+                              "which tfscale does not set up for TLS; terminate TLS in front of them (a load balancer) "
+                              f"or use {key}.engine=embedded.")
+    if s.admin.enable_reload:
+        raise ConfigError(f"{key}.admin.enable_reload", True, "Each Ray Serve replica reads the repository itself; edit "
+                          "models.config in the repository (every replica re-reads it) instead of reloading over gRPC.")
 
 
 def check_admin(key: str, a: AdminConfig, s: ServingConfig) -> None:

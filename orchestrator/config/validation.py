@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict
 
+from omegaconf import OmegaConf
+
 import strategies
 from strategies.tf_config import describe_counts, role_counts, role_topology
 from orchestrator.config import registry
@@ -19,7 +21,7 @@ from orchestrator.config.targets import check_targets
 from orchestrator.config.streams import check_workers as check_stream_workers
 from orchestrator.config.schema import (ExperimentConfig, ExportConfig, MixedPrecision, ModelConfig, TrainerConfig)
 from orchestrator.errors import ConfigError
-from orchestrator.config.devices import DevicePlan, plan_devices
+from orchestrator.config.devices import DevicePlan, check_gpu_share, plan_devices
 
 
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -97,6 +99,14 @@ def check_strategy(cfg: ExperimentConfig, plan: DevicePlan) -> int:
                           f"strategy={cfg.strategy.name} runs in one process. Use a strategy that trains on a cluster "
                           f"({', '.join(n for n, s in strategies.STRATEGIES.items() if s.needs_cluster)}), or cluster=none.")
     strategy.check(ctx)
+    from strategies.tf_config import cluster_from_env
+
+    if tasks > 1 and not ctx.backend_launches_cluster and not cluster_from_env():  # no silent single-process run
+        example = "strategy=parameter_server" if declared.get("ps") else "strategy=multi_worker_mirrored"
+        raise ConfigError("backend", cfg.backend.name,
+                          f"The cluster declares {describe_counts(declared)} tasks, but backend={cfg.backend.name} runs one "
+                          f"process, which would train alone and ignore them. Launch the cluster: backend=processes {example} "
+                          "(or backend=ray / backend=vertex); or train in one process with cluster=none.")
     replicas = strategy.replicas(ctx)
     if cfg.trainer.batch_size % replicas:
         lower = cfg.trainer.batch_size - cfg.trainer.batch_size % replicas
@@ -135,6 +145,9 @@ def validate(cfg: ExperimentConfig) -> Dict[str, Any]:
     check_quantization(cfg)
     check_backend(cfg)
     plan = plan_devices(cfg.topology)
+    trials_per_gpu = OmegaConf.select(cfg, "hydra.launcher.trials_per_gpu", default=None)  # a study's trial
+    if trials_per_gpu is not None:
+        check_gpu_share(int(trials_per_gpu), cfg.topology.gpu_memory_limit_mb)
     for role in role_counts(cfg.cluster):  # a role's own topology must fit this machine too
         if getattr(cfg.cluster, role).topology:
             plan_devices(role_topology(cfg, role))

@@ -181,7 +181,7 @@ def smoke_test(d: TfServingDeployConfig, config_path: Path, model_base: Path, na
         result.update(state=state, seconds_to_available=round(time.monotonic() - t0, 2))
         rows = _test_rows(version_dir, d.smoke_rows)
         expected = _in_process(version_dir, rows)
-        rest_out, rest_ms = _rest_predict(rest_port, name, version, rows)
+        rest_out, rest_ms = _rest_predict(rest_port, name, version, rows, sorted(expected))
         grpc_out, grpc_ms, served_version = _grpc_predict(grpc_port, name, version, rows)
         exp_classes = np.asarray(expected["classes"]) if "classes" in expected else None
         for label, got in (("rest", rest_out), ("grpc", grpc_out)):
@@ -260,7 +260,8 @@ def _in_process(version_dir: Path, rows: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v.numpy() for k, v in out.items()}
 
 
-def _rest_predict(port: int, name: str, version: int, rows: Dict[str, Any]):
+def _rest_predict(port: int, name: str, version: int, rows: Dict[str, Any], outputs: List[str]):
+    """REST predictions as ``{output: array}``; with one output TF Serving omits its name, so it comes from ``outputs``."""
     import numpy as np
     import requests
 
@@ -277,10 +278,10 @@ def _rest_predict(port: int, name: str, version: int, rows: Dict[str, Any]):
             if r.status_code != 200:
                 raise TaskFailedError(f"REST predict answered {r.status_code}: {r.text[:500]}")
     preds = r.json()["predictions"]
-    if isinstance(preds[0], dict):
+    if len(outputs) > 1:
         got = {k: np.array([p[k] for p in preds]) for k in preds[0]}
     else:
-        got = {"output": np.array(preds)}
+        got = {outputs[0]: np.array(preds)}
     return got, round(float(np.median(times)), 3)
 
 

@@ -47,6 +47,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from orchestrator.config.devices import check_gpu_share
 from orchestrator.errors import ConfigError, TaskFailedError
 from orchestrator.launch import job_process
 from orchestrator.launch.trial_channel import TrialChannel
@@ -65,6 +66,55 @@ def compose_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequ
         sweep_config.hydra.job.id = str(num)
         sweep_config.hydra.job.num = num
     return sweep_config
+
+
+class JobComposer:
+    """Job configs of a sweep whose jobs share a prefix of overrides (a study: the command line's).
+
+    Hydra composes every job from scratch: the defaults list, every config file, the schema merge, then the
+    overrides — a few tenths of a second a job. The overrides that follow the shared prefix (a trial's
+    ``key=value`` pairs) choose no config group, so the composition up to them is the same for every job:
+    it is done once here (for the prefix), and a job's config is a copy of it with the job's own overrides
+    applied the way Hydra applies them (``hydra.overrides.task``, ``hydra.job.override_dirname`` and the job
+    number included). A job whose own overrides choose a group, or touch ``hydra``, is composed by Hydra.
+    """
+
+    def __init__(self, hydra_context: HydraContext, config: DictConfig, prefix: Sequence[str]) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.prefix = list(prefix)
+        self._base: Optional[DictConfig] = None
+
+    def compose(self, overrides: Sequence[str], num: int) -> DictConfig:
+        """Job ``num``'s config, as :func:`compose_job` composes it."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        own = list(overrides[len(self.prefix):]) if list(overrides[:len(self.prefix)]) == self.prefix else None
+        loader = self.hydra_context.config_loader
+        repository = getattr(loader, "repository", None)
+        if own is None or repository is None:
+            return compose_job(self.hydra_context, self.config, overrides, num)
+        parser = OverridesParser.create(config_loader=loader)
+        parsed = parser.parse_overrides(own)
+        if any(o.is_hydra_override() or o.package is not None or o.is_sweep_override()
+               or repository.group_exists(o.key_or_group) for o in parsed):
+            return compose_job(self.hydra_context, self.config, overrides, num)
+        if self._base is None:
+            self._base = compose_job(self.hydra_context, self.config, self.prefix, num)
+        cfg = copy.deepcopy(self._base)
+        with read_write(cfg):
+            ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+            with open_dict(cfg.hydra):
+                cfg.hydra.overrides.task.extend(own)
+                task = [o for o in parser.parse_overrides(list(cfg.hydra.overrides.task)) if not o.is_hydra_override()]
+                dirname = cfg.hydra.job.config.override_dirname
+                cfg.hydra.job.override_dirname = get_overrides_dirname(
+                    overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+                cfg.hydra.job.id = str(num)
+                cfg.hydra.job.num = num
+        OmegaConf.copy_cache(from_config=self.config, to_config=cfg)
+        return cfg
 
 
 @dataclass
@@ -111,15 +161,31 @@ def visible_gpu_ids(env: Optional[Dict[str, str]] = None) -> List[str]:
     return [str(i) for i in range(detect_gpus())]
 
 
-def gpu_slots(parallel: int, gpus: Sequence[str], gpus_per_trial: Optional[int]) -> List[Optional[List[str]]]:
+def gpu_slots(parallel: int, gpus: Sequence[str], gpus_per_trial: Optional[int],
+              trials_per_gpu: int = 1) -> List[Optional[List[str]]]:
     """Disjoint GPU sets for up to ``parallel`` concurrent jobs; one entry per slot.
 
     ``None`` means "leave CUDA_VISIBLE_DEVICES alone" (no GPU on this machine). With GPUs, each slot gets
     ``gpus_per_trial`` of them (default: an even share, at least one); when they do not go round, fewer
     jobs run at once rather than two jobs sharing a GPU. ``gpus_per_trial=0`` hides the GPUs from jobs.
+    ``trials_per_gpu`` > 1 gives every GPU to that many slots (one GPU each, round robin over the GPUs);
+    each trial then keeps to its own memory slice, ``topology.gpu_memory_limit_mb`` (see
+    :func:`check_gpu_share`).
     """
     if gpus_per_trial is not None and gpus_per_trial < 0:
         raise ConfigError("hydra.launcher.gpus_per_trial", gpus_per_trial, "Use null (an even share), 0 or more.")
+    if trials_per_gpu > 1:
+        if not gpus:
+            raise ConfigError("hydra.launcher.trials_per_gpu", trials_per_gpu,
+                              "This machine has no GPU visible to tfscale, so no GPU can be shared. Use 1, or run on a GPU machine.")
+        if gpus_per_trial not in (None, 1):
+            raise ConfigError("hydra.launcher.gpus_per_trial", gpus_per_trial,
+                              f"trials_per_gpu={trials_per_gpu} puts several trials on one GPU each; use gpus_per_trial=1 or null.")
+        shared: List[Optional[List[str]]] = [[gpus[i % len(gpus)]] for i in range(len(gpus) * trials_per_gpu)]
+        if len(shared) < parallel:
+            log.warning("%d GPU(s), %d trials per GPU: running %d trial(s) at a time instead of %d", len(gpus),
+                        trials_per_gpu, len(shared), parallel)
+        return shared[:parallel]
     if not gpus:
         if gpus_per_trial:
             raise ConfigError("hydra.launcher.gpus_per_trial", gpus_per_trial,
@@ -267,12 +333,15 @@ class ProcessesLauncher(_BaseLauncher):
     """
 
     def __init__(self, max_parallel: Optional[int] = None, gpus_per_trial: Optional[int] = None,
-                 stop_timeout_s: float = 10.0, stream_logs: bool = False, warm: bool = True) -> None:
+                 stop_timeout_s: float = 10.0, stream_logs: bool = False, warm: bool = True,
+                 trials_per_gpu: int = 1) -> None:
         super().__init__()
         if max_parallel is not None and max_parallel < 1:
             raise ConfigError("hydra.launcher.max_parallel", max_parallel, "Use null (the whole batch) or >= 1.")
+        check_gpu_share(trials_per_gpu, 0)
         self.max_parallel = max_parallel
         self.gpus_per_trial = gpus_per_trial
+        self.trials_per_gpu = int(trials_per_gpu)
         self.stop_timeout_s = float(stop_timeout_s)
         self.stream_logs = bool(stream_logs)
         self.warm = bool(warm) and hasattr(os, "fork")
@@ -284,7 +353,9 @@ class ProcessesLauncher(_BaseLauncher):
     def _open(self, parallel: int) -> int:
         self.stop()
         count = min(parallel, self.max_parallel or parallel)
-        self._gpus = gpu_slots(count, visible_gpu_ids(), self.gpus_per_trial)
+        # Before any trial starts (the sweeper's validation checks each trial's config too).
+        check_gpu_share(self.trials_per_gpu, OmegaConf.select(self.config, "topology.gpu_memory_limit_mb"))
+        self._gpus = gpu_slots(count, visible_gpu_ids(), self.gpus_per_trial, self.trials_per_gpu)
         self._free = list(range(len(self._gpus)))
         if self.warm:
             from orchestrator.launch import warm_task
@@ -304,6 +375,7 @@ class ProcessesLauncher(_BaseLauncher):
     def start(self, job: Job) -> None:
         if not self._free:
             raise RuntimeError(f"job {job.num}: every slot is busy; start a job once poll() returned one")
+        check_gpu_share(self.trials_per_gpu, OmegaConf.select(job.config, "topology.gpu_memory_limit_mb"))
         slot = self._free.pop(0)
         env = self._env(slot, job)
         job_file = job_process.write_job(job.channel.dir, self._payload(job))

@@ -143,6 +143,13 @@ class ClusterBackend(Backend):
     run_uri: Optional[str] = None
 
     def check(self, cfg: ExperimentConfig) -> None:
+        if not tf_config.has_cluster(cfg.cluster) and cfg.cluster.name != "none":
+            # A cluster group was chosen and its counts were set to 0: name the count, not the group.
+            example = {"workers_2": 2, "chief_workers_2": 2}.get(str(cfg.cluster.name), 1)
+            raise ConfigError("cluster.worker.count", cfg.cluster.worker.count,
+                              f"cluster={cfg.cluster.name} now declares no task, and backend={self.name} launches the "
+                              f"cluster's tasks: use at least 1 worker (e.g. cluster.worker.count={example}), or "
+                              "backend=local for a single process.")
         if not tf_config.has_cluster(cfg.cluster):
             raise ConfigError("cluster", cfg.cluster.name,
                               f"backend={self.name} launches a TensorFlow cluster, but none is declared. Choose one, e.g. "

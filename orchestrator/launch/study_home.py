@@ -145,7 +145,9 @@ def _default_sweep_dirs() -> List[str]:
 
 
 def _set_on_command_line(config: DictConfig, key: str) -> bool:
-    overrides = OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []
+    node = OmegaConf.select(config, "hydra.overrides.hydra", default=None)
+    # Unresolved: an override's value may hold interpolations only a job can resolve (${hydra.job.num}).
+    overrides = OmegaConf.to_container(node, resolve=False) if node is not None else []
     return any(str(o).lstrip("+~").partition("=")[0] == key for o in overrides)
 
 

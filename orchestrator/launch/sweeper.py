@@ -1,11 +1,15 @@
 """The Hydra sweeper of ``tfscale -m study=NAME``: a :class:`~tuners.Study` driven through a Hydra launcher.
 
-The sweeper decides *what* runs: it asks the study for up to ``max_parallel_trials`` suggestions, turns
-each into an override list (the command line's overrides + the trial's ``key=value`` pairs) and hands the
-batch to the configured launcher, whose job numbers are the trial ids (``hydra.sweep.subdir`` may use
-``${hydra.job.num}``). While a batch runs it reads each trial's ``epochs.jsonl`` (and ``report_metric``
-lines) into the study as measurements, and asks the launcher to stop trials the early stopping rule
-rejects. When the batch returns, each trial is completed, failed or stopped in the study store.
+The sweeper decides *what* runs, one trial at a time, and keeps every slot busy: whenever fewer than
+``max_parallel_trials`` trials run, it asks the study for one suggestion (the designer knows the trials still
+running), turns it into an override list (the command line's overrides + the trial's ``key=value`` pairs),
+composes and validates its config once — an invalid one is FAILED without a process — and hands that config
+to the launcher, whose job numbers are the trial ids (``hydra.sweep.subdir`` may use ``${hydra.job.num}``).
+tfscale's launchers take one job at a time (``open``/``start``/``poll``/``stop``, see
+:mod:`orchestrator.launch.hydra_launchers`); any other Hydra launcher gets one ``launch`` call per trial.
+While trials run it reads each one's ``epochs.jsonl`` (and ``report_metric`` lines) into the study as
+measurements and stops the trials the early stopping rule rejects; as soon as a trial ends (completed,
+failed or stopped) it is recorded in the study store, with its start and end times, and the next one starts.
 
 **The study** is the root ``study:`` node: the native form of :meth:`StudySpec.from_dict`, or an AI
 Platform (``trainingInput: ...``) or Vertex (``studySpec: ...``) dict given verbatim, plus
@@ -31,6 +35,8 @@ import logging
 import math
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -72,20 +78,67 @@ def study_spec(node: Optional[Mapping[str, Any]], default_name: Optional[str] = 
 
 
 # ------------------------------------------------------------------------------------------ sweeper
-class _Batch(threading.Thread):
-    """Runs one launcher call off the main thread, so the main thread can watch the trials meanwhile."""
+@dataclass
+class _Active:
+    """A trial the sweeper started: its channel, the steps of its curve already measured, whether it was stopped."""
 
-    def __init__(self, launcher: Any, overrides: List[List[str]], first: int):
-        super().__init__(daemon=True, name=f"tfscale-batch-{first}")
-        self.launcher, self.overrides, self.first = launcher, overrides, first
-        self.returns: Optional[Sequence[JobReturn]] = None
-        self.error: Optional[BaseException] = None
+    trial: Any
+    channel: TrialChannel
+    seen: Set[int]
+    stopped: bool = False
 
-    def run(self) -> None:
+
+class _OneJobPerCall:
+    """The incremental launcher API over a launcher that has only Hydra's ``launch``: one call per job.
+
+    Each call runs on a thread of its own, so jobs still start as slots free; Hydra's basic launcher runs its
+    job in this very process, so it gets one slot.
+    """
+
+    def __init__(self, launcher: Any) -> None:
+        import queue
+
+        self.launcher = launcher
+        self._ended: "queue.Queue[Tuple[Any, Any]]" = queue.Queue()
+
+    def job(self, overrides: Sequence[str], num: int, config: DictConfig) -> Any:
+        from orchestrator.launch.hydra_launchers import Job
+
+        channel = TrialChannel.of_job(config)
+        channel.dir.mkdir(parents=True, exist_ok=True)
+        return Job(num=num, overrides=list(overrides), config=config, channel=channel)
+
+    def open(self, parallel: int) -> int:
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        return 1 if isinstance(self.launcher, BasicLauncher) else parallel
+
+    def start(self, job: Any) -> None:
+        def run() -> None:
+            try:
+                self._ended.put((job, self.launcher.launch([job.overrides], initial_job_idx=job.num)[0]))
+            except BaseException as exc:  # re-raised by poll() in the driver's thread
+                self._ended.put((job, exc))
+
+        threading.Thread(target=run, daemon=True, name=f"tfscale-trial-{job.num}").start()
+
+    def poll(self, timeout: float) -> List[Tuple[Any, JobReturn]]:
+        import queue
+
+        ended = []
         try:
-            self.returns = self.launcher.launch(self.overrides, initial_job_idx=self.first)
-        except BaseException as exc:  # re-raised in the main thread
-            self.error = exc
+            ended.append(self._ended.get(timeout=max(timeout, 0.001)))
+            while True:
+                ended.append(self._ended.get_nowait())
+        except queue.Empty:
+            pass
+        for _, ret in ended:
+            if isinstance(ret, BaseException):
+                raise ret
+        return ended
+
+    def stop(self, num: Optional[int] = None) -> None:
+        """Ask through the channel (the launcher stops the job if it watches it); the calls end with the jobs."""
 
 
 class StudySweeper(Sweeper):
@@ -100,8 +153,8 @@ class StudySweeper(Sweeper):
         self.launcher: Any = None
         self._task_function: Optional[TaskFunction] = None
         self._tag_seen = False
-        self._channels: Dict[int, TrialChannel] = {}  # validated trials not launched yet
         self._validated: Set[Tuple[str, ...]] = set()  # override lists whose config passed validate()
+        self._composer: Any = None  # the trials' JobComposer, once their shared overrides are known
         self._dir_overrides: List[str] = []  # the study's hydra.sweep.dir/subdir, for each trial's job config
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -170,28 +223,18 @@ class StudySweeper(Sweeper):
             print(f"[study] resuming '{name}' in {sweep_dir}: {progress_line(study)}", flush=True)
         else:
             print(f"[study] '{name}': {spec.max_trials} trials, {spec.max_parallel_trials} in parallel, "
-                  f"{spec.algorithm.resolved().name}, objective {spec.metric.goal.name} {spec.metric.tag}; "
+                  f"{spec.algorithm.resolved().name}, objective{'s' if spec.is_multi_objective else ''} "
+                  f"{', '.join(f'{m.goal.name} {m.tag}' for m in spec.metrics)}; "
                   f"results in {study_uri or sweep_dir}", flush=True)
         if study_home.warm_start_line(prior):
             print(study_home.warm_start_line(prior), flush=True)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self._task_function, config=self.config)
-        returns: List[Sequence[JobReturn]] = []
         self._tag_seen = any(t.objective is not None for t in study.trials)
         try:
-            while not study.is_done:
-                trials = study.suggest()
-                if not trials:
-                    break
-                trials = self._drop_invalid(study, base, trials)
-                for run in _contiguous(sorted(trials, key=lambda t: t.id)):
-                    returns.append(self._run_batch(study, base, run))
-                    print(progress_line(study), flush=True)
-                # Cheap tables after every batch, so a killed study still leaves up-to-date results.
-                write_results(study, sweep_dir, plots=False, tensorboard=False)
-                self._upload(sweep_dir, study_uri)
+            returns = self._run_trials(study, base, sweep_dir, study_uri)
         except BaseException:
-            write_results(study, sweep_dir, plots=False, tensorboard=False)
+            write_results(study, sweep_dir, plots=False)
             self._upload(sweep_dir, study_uri)
             raise
         paths = write_results(study, sweep_dir, plots=self.plots)
@@ -271,27 +314,29 @@ class StudySweeper(Sweeper):
                                   "not combine with it. Give one value, or add the key to the study's parameters.")
         return list(arguments)
 
-    def _compose_and_validate(self, overrides: List[str], trial_id: int) -> TrialChannel:
-        """Compose and validate a trial's config in the driver; the trial's channel.
+    def _compose_and_validate(self, overrides: List[str], trial_id: int) -> DictConfig:
+        """The trial's job config, composed and validated here: the launcher runs it as it is.
 
-        This is the one composition of a trial besides the launcher's own (the trial process composes
-        nothing: it gets the launcher's config). It is needed because the launcher runs any Hydra app and
-        knows nothing of tfscale's validation: composing here lets the study record an invalid suggestion
-        (e.g. momentum=1.0 for SGD) as FAILED without starting a process, stops a study whose base config
-        is wrong before any compute, and tells the sweeper the trial's directory to watch while it runs.
+        This is the one composition of a trial (the launcher gets the config, the trial process composes
+        nothing). Composing in the driver lets the study record an invalid suggestion (e.g. momentum=1.0 for
+        SGD) as FAILED without starting a process, stops a study whose base config is wrong before any
+        compute, and tells the sweeper the trial's directory to watch while it runs.
         """
         from orchestrator.config.compose import translate_compose_error
         from orchestrator.config.validation import validate
         from orchestrator.launch.hydra_launchers import compose_job
 
         try:
-            cfg = compose_job(self.hydra_context, self.config, overrides, trial_id)
+            if self._composer is not None:  # the command line's part composed once, the trial's applied to it
+                cfg = self._composer.compose(overrides, trial_id)
+            else:
+                cfg = compose_job(self.hydra_context, self.config, overrides, trial_id)
         except Exception as exc:  # Hydra and OmegaConf raise several unrelated types
             raise translate_compose_error(exc, overrides) from exc
-        if tuple(overrides) not in self._validated:  # the probe of _validate is often the first trial itself
+        if tuple(overrides) not in self._validated:
             validate(cfg)
             self._validated.add(tuple(overrides))
-        return TrialChannel.of_job(cfg)
+        return cfg
 
     def _validate(self, spec: Any, base: List[str]) -> None:
         """Compose and validate the first suggestion's config, so a bad base config fails before any trial."""
@@ -300,57 +345,91 @@ class StudySweeper(Sweeper):
         probe = Study(spec).suggest(1)[0]
         self._compose_and_validate(base + probe.overrides(), probe.id)
 
-    def _drop_invalid(self, study: Any, base: List[str], trials: List[Any]) -> List[Any]:
-        """Fail (without a process) suggestions whose config does not validate, e.g. momentum=1.0 for SGD.
+    # -- the trials ---------------------------------------------------------------------------------
+    def _launcher_api(self) -> Any:
+        """The launcher's incremental API (tfscale's launchers), or ``launch`` one job per call (any other)."""
+        incremental = getattr(self.launcher, "incremental", None)
+        return incremental() if callable(incremental) else _OneJobPerCall(self.launcher)
 
-        The trials kept get their channel (``self._channels``).
+    def _run_trials(self, study: Any, base: List[str], sweep_dir: Path,
+                    study_uri: Optional[str]) -> List[Sequence[JobReturn]]:
+        """Run the study's trials, starting one as soon as a slot is free; every trial's JobReturn.
+
+        The designer is asked for one suggestion at a time, when a slot frees, and knows the trials still
+        running (they are ACTIVE in the study). A trial ends completed, failed or stopped early; its slot is
+        free again as soon as its process is gone.
         """
-        keep = []
-        for trial in trials:
-            try:
-                self._channels[trial.id] = self._compose_and_validate(base + trial.overrides(), trial.id)
-            except ConfigError as exc:
-                print(f"[study] trial {trial.id}: invalid config, not run: {exc}", flush=True)
-                study.fail(trial.id, str(exc))
-                continue
-            keep.append(trial)
-        return keep
+        from tuners import TunerError, progress_line, write_results
 
-    # -- one batch ----------------------------------------------------------------------------------
-    def _run_batch(self, study: Any, base: List[str], trials: List[Any]) -> Sequence[JobReturn]:
-        from tuners import TunerError
+        from orchestrator.launch.hydra_launchers import JobComposer
 
-        overrides = [base + t.overrides() for t in trials]
-        channels = {t.id: self._channels.pop(t.id) for t in trials}
-        for channel in channels.values():
-            channel.reset()  # a re-run of an interrupted trial starts from a clean directory
-        seen = {t.id: {step for step, _ in t.curve(study.spec.metric.tag)} for t in trials}
-        stopped: set = set()
-        batch = _Batch(self.launcher, overrides, trials[0].id)
-        log.info("launching trials %s", ", ".join(str(t.id) for t in trials))
-        batch.start()
-        while batch.is_alive():
-            batch.join(self.poll_interval_s)
-            for trial in trials:
-                if trial.id not in stopped and self._measure(study, trial.id, channels[trial.id], seen[trial.id]):
-                    stopped.add(trial.id)
-                    channels[trial.id].request_stop()
-                    print(f"[study] trial {trial.id}: stopped early by the {study.spec.early_stopping.rule.name} "
-                          f"rule", flush=True)
-        if batch.error is not None:
-            raise batch.error
-        returns = list(batch.returns or [])
-        first_error: Optional[Exception] = None
-        for trial, ret in zip(trials, returns):
-            # Record every trial of the batch before reporting a study-level error, so none is re-run.
-            try:
-                self._measure(study, trial.id, channels[trial.id], seen[trial.id], final=True)
-                self._record(study, trial, ret, channels[trial.id], trial.id in stopped)
-            except (TfscaleError, TunerError) as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
+        self._composer = JobComposer(self.hydra_context, self.config, base)
+        launcher = self._launcher_api()
+        slots = launcher.open(study.spec.max_parallel_trials)
+        active: Dict[int, _Active] = {}
+        returns: List[Sequence[JobReturn]] = []
+        more = True  # the study may still suggest trials
+        try:
+            while True:
+                while more and len(active) < slots:
+                    trials = study.suggest(1)
+                    if not trials:  # budget spent or search space exhausted
+                        more = False
+                        break
+                    started = self._start_trial(study, base, trials[0], launcher)
+                    if started is not None:
+                        active[started.trial.id] = started
+                if not active:
+                    break
+                ended = launcher.poll(self.poll_interval_s)
+                now = time.time()
+                first_error: Optional[BaseException] = None
+                for job, ret in ended:
+                    trial = active.pop(job.num)
+                    study.trial(job.num).ended_at = now  # the store gets it with the trial's outcome
+                    # Record every ended trial before reporting a study-level error, so none is re-run.
+                    try:
+                        self._measure(study, job.num, trial.channel, trial.seen, final=True)
+                        self._record(study, trial.trial, ret, trial.channel, trial.stopped)
+                    except (TfscaleError, TunerError) as exc:
+                        first_error = first_error or exc
+                    returns.append([ret])
+                    print(progress_line(study), flush=True)
+                if ended:
+                    # Tables, study.html and HParams after every trial (milliseconds), so the report is live and
+                    # a killed study still leaves up-to-date results.
+                    write_results(study, sweep_dir, plots=False)
+                    self._upload(sweep_dir, study_uri)
+                if first_error is not None:
+                    raise first_error
+                for trial_id, trial in active.items():
+                    if not trial.stopped and self._measure(study, trial_id, trial.channel, trial.seen):
+                        trial.stopped = True
+                        trial.channel.request_stop()
+                        launcher.stop(trial_id)
+                        print(f"[study] trial {trial_id}: stopped early by the {study.spec.early_stopping.rule.name} "
+                              f"rule", flush=True)
+        finally:
+            launcher.stop()  # what still runs (an error, Ctrl-C) stops and stays ACTIVE in the store
         return returns
+
+    def _start_trial(self, study: Any, base: List[str], trial: Any, launcher: Any) -> Optional[_Active]:
+        """Compose, validate and start ``trial``; None if its config is invalid (it is FAILED, no process)."""
+        overrides = base + trial.overrides()
+        try:
+            cfg = self._compose_and_validate(overrides, trial.id)
+        except ConfigError as exc:
+            print(f"[study] trial {trial.id}: invalid config, not run: {exc}", flush=True)
+            study.fail(trial.id, str(exc))
+            return None
+        channel = TrialChannel.of_job(cfg)
+        channel.reset()  # a re-run of an interrupted trial starts from a clean directory
+        job = launcher.job(overrides, trial.id, cfg)
+        seen = {step for step, _ in trial.curve(study.spec.metric.tag)}
+        log.info("starting trial %d", trial.id)
+        study.mark_started(trial.id)
+        launcher.start(job)
+        return _Active(trial, channel, seen)
 
     def _measure(self, study: Any, trial_id: int, channel: TrialChannel, seen: set, final: bool = False) -> bool:
         """Feed new per-epoch values of the metric to the study; True if the trial should be stopped."""
@@ -413,14 +492,3 @@ class StudySweeper(Sweeper):
             return
         self._tag_seen = True
         study.complete(trial.id, values if study.spec.is_multi_objective else values[tags[0]], log_path=log_path)
-
-
-def _contiguous(trials: List[Any]) -> List[List[Any]]:
-    """Split trials into runs of consecutive ids: a launcher numbers a batch's jobs consecutively."""
-    runs: List[List[Any]] = []
-    for trial in trials:
-        if runs and runs[-1][-1].id + 1 == trial.id:
-            runs[-1].append(trial)
-        else:
-            runs.append([trial])
-    return runs

@@ -221,6 +221,34 @@ def _restore_output(sink: Any, saved: List[Tuple[int, int]]) -> bytes:
     return data
 
 
+#: What a tfscale trial imports besides TensorFlow (:func:`warm_task.preload`): imported once per slot, not per
+#: trial. Module imports only; none of them initialises TensorFlow's runtime.
+TRIAL_MODULES = (
+    "orchestrator.app.cli",  # tfscale's task function
+    "orchestrator.config.validation",
+    "orchestrator.artifacts.run_record",
+    "orchestrator.training.topology",
+    "orchestrator.training.streaming",
+    "orchestrator.config.streams",
+    "orchestrator.artifacts.quantization",
+    "orchestrator.deploy",
+    "strategies",
+    "strategies.tf_config",
+    "sklearn.datasets",  # the digits and diabetes data, loaded while the task process starts
+    "sklearn.model_selection",
+)
+
+
+def _import_quietly(modules: Sequence[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an extra that is not installed: the trial reports it if it needs it
+            pass
+
+
 def _trial_main(job_file: str, env: Dict[str, str], log_path: str, import_output: bytes,
                 import_env: Optional[Dict[str, str]], close_fds: Sequence[int]) -> int:
     """Body of a trial forked by a warm process: output into its log, the driver's environment, run the job."""
@@ -265,7 +293,7 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
         import orchestrator.launch.job_process  # noqa: F401
         if tensorflow:
             warm_task.preload()
-            import orchestrator.app.cli  # noqa: F401  (tfscale's task function and what it imports)
+            _import_quietly(TRIAL_MODULES)
     finally:
         import_output = _restore_output(sink, saved)
     trials: Dict[int, supervisor.Child] = {}

@@ -44,7 +44,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from orchestrator.errors import ConfigError, TfscaleError
 from orchestrator.serving.model_server_flags import ModelServerFlags, take
@@ -162,8 +162,13 @@ def _usage() -> str:
             "tensorflow_model_server flags: " + ", ".join(f"--{f}" for f in FLAGS) + "\n\n" + (__doc__ or ""))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``tfscale serve``: compose the serving config, then run the embedded server until SIGINT/SIGTERM."""
+def main(argv: Optional[List[str]] = None, engines: Optional[Mapping[str, Callable[[Any], Any]]] = None) -> int:
+    """``tfscale serve``: compose the serving config, then run the server until SIGINT/SIGTERM.
+
+    ``engines`` maps other ``serving.engine`` values than ``embedded`` to a server factory (its result has
+    ``start``/``wait``/``stop``); they live above this layer, and ``tfscale serve`` passes ``ray``
+    (:mod:`orchestrator.launch.ray_serve`).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     flags: Optional[ModelServerFlags] = None
     try:
@@ -182,9 +187,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for note in flags.notes:
             logging.getLogger("tfscale.serving").info("%s", note)
-        from orchestrator.serving.server import EmbeddedServer
-
-        server = EmbeddedServer(s).start()
+        server = _server_factory(s, engines)(s).start()
         flags.close()  # the gRPC server holds its TLS material in memory now
         try:
             server.wait()
@@ -197,6 +200,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if flags is not None:
             flags.close()
+
+
+def _server_factory(s: Any, engines: Optional[Mapping[str, Callable[[Any], Any]]]) -> Callable[[Any], Any]:
+    if s.engine == "embedded":
+        from orchestrator.serving.server import EmbeddedServer
+
+        return EmbeddedServer
+    if engines and s.engine in engines:
+        return engines[s.engine]
+    raise ConfigError("serving.engine", s.engine, "This entry point runs the embedded server only; start "
+                      f"serving.engine={s.engine} with `tfscale serve`.")
 
 
 # ------------------------------------------------------------------------------------------- rollback

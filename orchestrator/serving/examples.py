@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -152,7 +152,20 @@ def _run(sig: Signature, serialized: List[bytes]) -> Dict[str, np.ndarray]:
     try:
         return sig.run({INPUTS: batch})
     except tf.errors.InvalidArgumentError as e:  # an example the signature cannot parse: the client's fault
-        raise invalid(str(e.message).strip().splitlines()[0]) from None
+        raise invalid(parse_error(str(e.message))) from None
+
+
+def parse_error(message: str) -> str:
+    """The line of a TensorFlow error that says what was wrong with an example (not the graph's node trace)."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    found = next((line for line in lines if line.startswith("Name: ")), None)
+    if found is None:
+        trace = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[[")), len(lines))
+        found = lines[trace - 1] if trace else (lines[0] if lines else message)
+    found = found.replace("Name: <unknown>, ", "").strip()
+    if "Data types don't match" in found and "int64" in found:
+        found += " (a whole number in JSON is an int64: write float features as 1.0, not 1)"
+    return found
 
 
 def classify(sig: Signature, serialized: List[bytes]) -> List[List[Tuple[str, float]]]:
@@ -212,10 +225,3 @@ def fill_regression(result: Any, values: List[float]) -> None:
     for value in values:
         result.regressions.add(value=value)
 
-
-def method_of(name: Optional[str]) -> str:
-    """``classify`` or ``regress`` from a REST URL tail (``:classify``) or method name."""
-    key = (name or "").lstrip(":")
-    if key not in METHOD_NAMES:
-        raise invalid(f"Unknown method {name!r}; use classify or regress")
-    return key

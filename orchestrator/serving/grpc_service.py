@@ -1,5 +1,5 @@
-"""The gRPC API of TF Serving: ``PredictionService`` (Predict, GetModelMetadata) and ``ModelService``
-(GetModelStatus, HandleReloadConfigRequest), with the ``tensorflow_serving.apis`` messages."""
+"""The gRPC API of TF Serving: ``PredictionService`` (Predict, Classify, Regress, GetModelMetadata) and
+``ModelService`` (GetModelStatus, HandleReloadConfigRequest), with the ``tensorflow_serving.apis`` messages."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from orchestrator.serving import codec
+from orchestrator.serving import codec, examples
 from orchestrator.serving.admin import AdminPolicy
 from orchestrator.serving.config_files import entry_from_proto
 from orchestrator.serving.limits import InflightLimiter, check_tensor_proto
@@ -59,11 +59,12 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
-    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
-                                         model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                         model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                         prediction_service_pb2_grpc, regression_pb2)
 
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-        """Predict and GetModelMetadata."""
+        """Predict, Classify, Regress and GetModelMetadata."""
 
         def Predict(self, request, context):  # noqa: N802 - gRPC method names
             try:
@@ -118,6 +119,36 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
             except Exception as e:  # the server stays up whatever a request does
                 log.exception("Predict failed")
                 _abort(context, RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+        def _examples(self, request, context, method: str, response: Any, fill: Any) -> Any:
+            """Classify or Regress: the request's tf.Examples through a signature of that method."""
+            try:
+                serialized = examples.serialized_from_input(request.input)
+                if sum(len(x) for x in serialized) > max_request_bytes:
+                    raise codec.invalid(f"{method}: the examples hold more than {max_request_bytes} bytes "
+                                        "(serving.max_request_bytes)")
+                name, version, label = _spec_of(request)
+                with inflight, manager.resolve(name, version, label) as lv:
+                    sig = lv.signature(request.model_spec.signature_name)
+                    results = examples.run_method(sig, serialized, method, lv.method_names())
+                    response.model_spec.name = name
+                    response.model_spec.version.value = lv.version
+                    response.model_spec.signature_name = sig.name
+                fill(response.result, results)
+                return response
+            except RequestError as e:
+                _abort(context, e)
+            except Exception as e:  # the server stays up whatever a request does
+                log.exception("%s failed", method)
+                _abort(context, RequestError(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+        def Classify(self, request, context):  # noqa: N802
+            return self._examples(request, context, examples.CLASSIFY, classification_pb2.ClassificationResponse(),
+                                  examples.fill_classification)
+
+        def Regress(self, request, context):  # noqa: N802
+            return self._examples(request, context, examples.REGRESS, regression_pb2.RegressionResponse(),
+                                  examples.fill_regression)
 
         def GetModelMetadata(self, request, context):  # noqa: N802
             try:

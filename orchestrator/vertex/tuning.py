@@ -50,12 +50,28 @@ def load_study(cfg: ExperimentConfig) -> Any:
             raise ConfigError("vertex.study_file", None, "vertex.tuning=true needs a study: choose study=<option> or set vertex.study_file=<study YAML>.")
         param_map = dict(v.study_param_map or {})
         if isinstance(raw, dict) and ({"trainingInput", "hyperparameters", "hyperparameterMetricTag", "params"} & set(raw)):
+            _refuse_resume(raw, key)
             return StudySpec.from_ai_platform(raw, param_map or None)
         if isinstance(raw, dict) and ({"studySpec", "study_spec", "metrics"} & set(raw)):
             return StudySpec.from_vertex(raw, param_map or None)
         return StudySpec.from_dict(raw)
     except StudySpecError as exc:
         raise ConfigError(key, v.study_file or "study", str(exc)) from None
+
+
+def _refuse_resume(raw: Dict[str, Any], key: str) -> None:
+    """A Vertex tuning job starts from no earlier trials: an AI Platform ``resumePreviousJobId`` is an error
+    here, not silently dropped (``tfscale -m`` studies honour it as a warm start)."""
+    node, where = raw, key
+    for part in ("trainingInput", "hyperparameters"):
+        if isinstance(node.get(part), dict):
+            node, where = node[part], f"{where}.{part}" if key == "study" else where
+    previous = node.get("resumePreviousJobId")
+    if previous is not None:
+        where = f"{where}.resumePreviousJobId" if key == "study" else where
+        raise ConfigError(where, previous, "resumePreviousJobId: a Vertex tuning job cannot start from an earlier "
+                                           "study's trials. Remove it, or run the study with tfscale -m (local or "
+                                           "Ray trials), where it warm-starts from that study.")
 
 
 def study_spec_dict(spec: Any) -> Dict[str, Any]:

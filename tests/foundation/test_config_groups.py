@@ -20,6 +20,7 @@ NEEDS_MORE = {
     ("study", "digits_shards"),  # needs the shards `tfscale data convert --digits` writes
     ("backend", "vertex"), ("deploy", "vertex"),  # need a Google Cloud project, region and bucket
     ("backend", "processes"), ("backend", "ray"),  # launch clusters: need a cluster option too
+    ("data", "diabetes"), ("model", "mlp_regressor"),  # regression: together (experiment=diabetes_regression)
 }
 if not shutil.which("tensorflowjs_converter"):
     NEEDS_MORE.add(("deploy", "tfjs"))  # the converter lives in its own environment

@@ -72,12 +72,14 @@ def test_saved_model_cli_agrees_with_inspect(tfscale):
                           "--inputs", f"features={tfscale.cwd / 'rows.npy'}", "--outdir", str(tfscale.cwd / "out")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    cli_classes = np.load(tfscale.cwd / "out" / "classes.npy")
+    # serving_default has the model's one output, as Keras' own export: the probabilities.
+    assert sorted(p.name for p in (tfscale.cwd / "out").iterdir()) == ["probabilities.npy"]
+    cli_classes = np.load(tfscale.cwd / "out" / "probabilities.npy").argmax(axis=1)
     ours = tfscale("inspect", str(version), "--run", "--inputs", f"features={tfscale.cwd / 'rows.npy'}")
     assert ours.returncode == 0, ours.output[-2000:]
-    text = ours.stdout.split("Result for output key classes:")[1].split("Result for")[0]
-    inspect_classes = np.array([int(t) for t in text.replace("[", " ").replace("]", " ").split()])
-    np.testing.assert_array_equal(cli_classes, inspect_classes)
+    text = ours.stdout.split("Result for output key probabilities:")[1].split("Result for")[0]
+    inspect_probs = np.array([float(t) for t in text.replace("[", " ").replace("]", " ").split()]).reshape(-1, 10)
+    np.testing.assert_array_equal(cli_classes, inspect_probs.argmax(axis=1))
     shown = tfscale("inspect", str(version))
     assert "input  features: dtype=float32 shape=[None, 64]" in shown.stdout
 

@@ -15,7 +15,8 @@ PYTHON = sys.executable
 
 
 def build_saved_model(path: Path, seed: int) -> None:
-    """A Dense 64 -> 10 classifier with tfscale's serving_default signature (features -> probabilities, classes)."""
+    """A Dense 64 -> 10 classifier whose serving_default has two outputs (probabilities, and the classes
+    tfscale adds with export.outputs=[classes])."""
     from orchestrator.runtime.tf_env import import_keras, import_tensorflow
 
     tf = import_tensorflow()

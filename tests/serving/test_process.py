@@ -149,7 +149,7 @@ def test_deploy_tf_serving_writes_files_smoke_tests_and_leaves_no_process(repo, 
 
 @pytest.mark.slow
 def test_deploy_launches_tensorflow_model_server_when_on_path(repo, tmp_path, monkeypatch):
-    """A stand-in ``tensorflow_model_server`` on PATH records its flags and runs the embedded server."""
+    """A stand-in ``tensorflow_model_server`` on PATH records its flags and hands them, unchanged, to ``tfscale serve``."""
     from orchestrator.deploy import get
 
     bin_dir = tmp_path / "bin"
@@ -159,9 +159,7 @@ def test_deploy_launches_tensorflow_model_server_when_on_path(repo, tmp_path, mo
     fake.write_text(f"""#!{PYTHON}
 import json, os, sys
 json.dump(sys.argv[1:], open({str(argv_file)!r}, "w"))
-flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-os.execv({PYTHON!r}, [{PYTHON!r}, "-m", "orchestrator.serving", "serving.model_config_file=" + flags["model_config_file"],
-          "serving.rest_port=" + flags["rest_api_port"], "serving.grpc_port=" + flags["port"]])
+os.execv({PYTHON!r}, [{PYTHON!r}, "-m", "orchestrator.serving", "serve", *sys.argv[1:]])
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -44,10 +44,12 @@ def test_results_files(tmp_path):
 
     from tuners.metrics import iter_tfrecords
 
-    (root,) = paths["tensorboard"].glob("events.out.tfevents.*")
-    values = [v for r in iter_tfrecords(root) for v in event_pb2.Event.FromString(r).summary.value]
-    (experiment,) = [v for v in values if v.tag == "_hparams_/experiment"]
-    assert experiment.metadata.plugin_data.plugin_name == "hparams"
-    data = plugin_data_pb2.HParamsPluginData.FromString(experiment.metadata.plugin_data.content)
-    assert [h.name for h in data.experiment.hparam_infos] == ["lr", "opt"]
-    assert data.experiment.metric_infos[0].name.tag == "accuracy"
+    # One HParams session per finished trial; no experiment summary, which would hide other runs' settings.
+    assert not list(paths["tensorboard"].glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in paths["tensorboard"].iterdir()) == [f"trial_{i}" for i in range(4)]
+    (session,) = (paths["tensorboard"] / "trial_1").glob("events.out.tfevents.*")
+    values = [v for r in iter_tfrecords(session) for v in event_pb2.Event.FromString(r).summary.value]
+    (start,) = [v for v in values if v.tag == "_hparams_/session_start_info"]
+    assert start.metadata.plugin_data.plugin_name == "hparams"
+    data = plugin_data_pb2.HParamsPluginData.FromString(start.metadata.plugin_data.content)
+    assert sorted(data.session_start_info.hparams) == ["lr", "opt"]

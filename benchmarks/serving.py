@@ -1,4 +1,5 @@
-"""Serving throughput and latency: in-process signature calls vs the embedded server over REST and gRPC.
+"""Serving throughput and latency: in-process signature calls vs the embedded server over REST and gRPC,
+and the same API from 1 and 2 Ray Serve replicas.
 
 8 concurrent clients send one digits row per request. Rows: in-process (the SavedModel signature called
 from 8 threads), REST and gRPC against ``python -m orchestrator.serving`` in its own process, with
@@ -6,9 +7,16 @@ batching off and on, then the p99 latency of gRPC while version 0002 is publishe
 the p99 of the same load just before. Goals: gRPC >= 0.4x and REST >= 0.25x of in-process throughput,
 p99 during a swap <= 3x steady state.
 
-    python benchmarks/serving.py [--seconds 5] [--clients 8]
+Then ``tfscale serve serving.engine=ray`` on a local Ray with 1 and then 2 replicas: REST and gRPC through
+Ray Serve's proxies, the ratio of 2 to 1 replicas (goal >= 1.6x where the replicas, the proxy and the
+clients each have cores of their own: on a 2-core machine they all share two cores, so the ratio shows the
+CPU bound, not the scaling), and a version published while gRPC clients run against the 2 replicas
+(0 failed requests; answers move to the new version replica by replica).
 
-Takes about 1-2 minutes; everything runs on 127.0.0.1 with free ports.
+    python benchmarks/serving.py [--seconds 5] [--clients 8] [--ray on|off|only]
+
+Takes about 1-2 minutes, plus about 3 for Ray Serve (each start loads Ray and TensorFlow in every replica);
+everything runs on 127.0.0.1 with free ports.
 """
 from __future__ import annotations
 
@@ -104,18 +112,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m orchestrator.serving`` on free ports, stopped with SIGTERM."""
+    """``python -m orchestrator.serving`` on free ports (``command``: another serve entry point), stopped with SIGTERM."""
 
-    def __init__(self, repo: Path, workdir: Path, *extra: str):
+    def __init__(self, repo: Path, workdir: Path, *extra: str, command: Tuple[str, ...] = ("-m", "orchestrator.serving"),
+                 start_timeout: float = 120):
         self.ready = workdir / f"ready-{time.time_ns()}.json"
         env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
         self.log = open(workdir / "server.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.serving", f"serving.model_base={repo}",
+        self.proc = subprocess.Popen([sys.executable, *command, f"serving.model_base={repo}",
                                       f"serving.model_name={MODEL}", "serving.rest_port=0", "serving.grpc_port=0",
                                       "serving.file_system_poll_wait_seconds=0.5", f"serving.ready_file={self.ready}",
                                       "serving.log_level=WARNING", *extra],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while not self.ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start; see {workdir / 'server.log'}")
@@ -127,7 +136,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -188,10 +197,85 @@ def grpc_call(port: int, row: np.ndarray) -> Callable[[], Callable[[], int]]:
     return make
 
 
+def ray_serve_rows(results: Dict[str, Dict[str, float]], repo: Path, spare: Path, work: Path, row: np.ndarray,
+                   args: argparse.Namespace) -> Dict[str, float]:
+    """REST and gRPC through Ray Serve with 1 and 2 replicas, then a version swap under gRPC load on 2."""
+    swap: Dict[str, float] = {}
+    for replicas in (1, 2):
+        print(f"Ray Serve with {replicas} replica(s): starting (local Ray, TensorFlow in each replica) ...", flush=True)
+        server = ServerProcess(repo, work, "serving.engine=ray", f"serving.replicas={replicas}",
+                               command=("-m", "orchestrator.app.cli", "serve"), start_timeout=300)
+        try:
+            tag = f"{replicas} replica{'s' if replicas > 1 else ''}"
+            for name, make in ((f"Ray Serve REST http.client, {tag}", rest_call(server.rest_port, row.tolist(), "http.client")),
+                               (f"Ray Serve gRPC, {tag}", grpc_call(server.grpc_port, row))):
+                drive(args.clients, 2.0, make)  # warm connections and both replicas
+                print(f"{name}: {args.clients} clients x {args.seconds:.0f}s ...", flush=True)
+                results[name] = summarize(drive(args.clients, args.seconds, make), args.seconds)
+                results[name]["failed"] = drive.errors  # type: ignore[attr-defined]
+            if replicas == 2:
+                swap = ray_swap(server, repo, spare, row, args)
+        finally:
+            server.stop()
+    return swap
+
+
+def ray_swap(server: "ServerProcess", repo: Path, spare: Path, row: np.ndarray, args: argparse.Namespace) -> Dict[str, float]:
+    """gRPC clients against the replicas while the next version is published: failures and how long the roll took."""
+    published = [int(p.name) for p in (repo / MODEL).iterdir() if p.name.isdigit()]
+    new = max(published) + 1
+    make = grpc_call(server.grpc_port, row)
+    window = max(args.seconds, 4.0)
+    publish_at: Dict[str, float] = {}
+
+    def publish():
+        time.sleep(window)
+        publish_at["t"] = time.monotonic()
+        shutil.copytree(spare / "0002", repo / MODEL / f".tmp-{new:04d}")
+        os.rename(repo / MODEL / f".tmp-{new:04d}", repo / MODEL / f"{new:04d}")
+
+    print(f"Ray Serve gRPC during a version swap (2 replicas): {3 * window:.0f}s, {new:04d} published after "
+          f"{window:.0f}s ...", flush=True)
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    records = drive(args.clients, 3 * window, make)
+    publisher.join()
+    t_pub = publish_at["t"]
+    during = [r for r in records if r[0] >= t_pub]
+    on_new = [r[0] for r in during if r[2] == new]
+    old_after = [r[0] for r in during if r[2] != new]
+    return {"failed": drive.errors, "requests": len(records),  # type: ignore[attr-defined]
+            "first_new_s": (min(on_new) - t_pub) if on_new else float("nan"),
+            "last_old_s": (max(old_after) - t_pub) if old_after else 0.0,
+            "p99_during": summarize(during, 1.0)["p99"] if during else float("nan"),
+            "p99_before": summarize([r for r in records if r[0] < t_pub], 1.0)["p99"]}
+
+
+def print_ray_summary(results: Dict[str, Dict[str, float]], swap: Dict[str, float], clients: int) -> None:
+    """The 2-vs-1 replica ratios, the CPU bound, and the swap under load."""
+    cores = os.cpu_count() or 1
+    print()
+    for proto in ("REST http.client", "gRPC"):
+        one, two = results.get(f"Ray Serve {proto}, 1 replica"), results.get(f"Ray Serve {proto}, 2 replicas")
+        if one and two:
+            ratio = two["rps"] / one["rps"]
+            print(f"Ray Serve {proto}: 2 replicas / 1 replica = {ratio:.2f}  (goal >= 1.60 with a core per replica, "
+                  f"the proxy and the clients)  {'met' if ratio >= 1.6 else 'NOT met'}")
+    print(f"  CPU bound: this machine has {cores} core(s) (load average {os.getloadavg()[0]:.1f}) shared by "
+          f"{clients} client threads, Ray Serve's proxy, Ray's own processes and every replica; a second "
+          "replica adds no core, so the ratio measures contention here, not scale-out")
+    if swap:
+        print(f"Ray Serve swap under load: {swap['requests']} requests, failed: {swap['failed']}; answers from the new "
+              f"version {swap['first_new_s']:.2f}s after publishing, last answer from the old one at "
+              f"{swap['last_old_s']:.2f}s; p99 {swap['p99_before']:.2f} ms before, {swap['p99_during']:.2f} ms during")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--ray", choices=("on", "off", "only"), default="on",
+                        help="Ray Serve rows after the embedded server (on), none (off), or only them and in-process")
     args = parser.parse_args()
     tf = import_tensorflow()
     work = Path(tempfile.mkdtemp(prefix="tfscale-serving-bench-"))
@@ -216,7 +300,7 @@ def main() -> int:
         print(f"in-process: {args.clients} threads x {args.seconds:.0f}s ...", flush=True)
         results["in-process"] = summarize(drive(args.clients, args.seconds, in_process), args.seconds)
 
-        for batching in (False, True):
+        for batching in (False, True) if args.ray != "only" else ():
             extra = ["serving=batching", "serving.batching.max_batch_size=8",
                      "serving.batching.batch_timeout_micros=500"] if batching else []
             server = ServerProcess(repo, work, *extra)
@@ -238,44 +322,51 @@ def main() -> int:
         if again["rps"] > results["in-process"]["rps"]:
             results["in-process"] = again
 
-        # p99 while a version is published and swapped in, vs the same load just before.
-        server = ServerProcess(repo, work)
-        try:
-            make = grpc_call(server.grpc_port, row)
-            drive(args.clients, 1.0, make)
-            window = max(args.seconds, 4.0)
-            publish_at: Dict[str, float] = {}
+        if args.ray != "only":
+            # p99 while a version is published and swapped in, vs the same load just before.
+            server = ServerProcess(repo, work)
+            try:
+                make = grpc_call(server.grpc_port, row)
+                drive(args.clients, 1.0, make)
+                window = max(args.seconds, 4.0)
+                publish_at: Dict[str, float] = {}
 
-            def publish():
-                time.sleep(window)
-                publish_at["t"] = time.monotonic()
-                shutil.copytree(spare / "0002", repo / MODEL / ".tmp-0002")
-                os.rename(repo / MODEL / ".tmp-0002", repo / MODEL / "0002")
+                def publish():
+                    time.sleep(window)
+                    publish_at["t"] = time.monotonic()
+                    shutil.copytree(spare / "0002", repo / MODEL / ".tmp-0002")
+                    os.rename(repo / MODEL / ".tmp-0002", repo / MODEL / "0002")
 
-            print(f"gRPC during a version swap: {2 * window:.0f}s, 0002 published after {window:.0f}s ...", flush=True)
-            publisher = threading.Thread(target=publish)
-            publisher.start()
-            records = drive(args.clients, 2 * window, make)
-            publisher.join()
-            failed = drive.errors  # type: ignore[attr-defined]
-            t_pub = publish_at["t"]
-            before = [r for r in records if r[0] < t_pub]
-            during = [r for r in records if r[0] >= t_pub]
-            swapped = [r[0] for r in during if r[2] == 2]
-            results["gRPC steady (before swap)"] = summarize(before, t_pub - min(r[0] for r in records))
-            results["gRPC during swap"] = summarize(during, max(r[0] for r in records) - t_pub)
-            results["gRPC during swap"]["failed"] = failed
-            swap_s = (min(swapped) - t_pub) if swapped else float("nan")
-        finally:
-            server.stop()
+                print(f"gRPC during a version swap: {2 * window:.0f}s, 0002 published after {window:.0f}s ...", flush=True)
+                publisher = threading.Thread(target=publish)
+                publisher.start()
+                records = drive(args.clients, 2 * window, make)
+                publisher.join()
+                failed = drive.errors  # type: ignore[attr-defined]
+                t_pub = publish_at["t"]
+                before = [r for r in records if r[0] < t_pub]
+                during = [r for r in records if r[0] >= t_pub]
+                swapped = [r[0] for r in during if r[2] == 2]
+                results["gRPC steady (before swap)"] = summarize(before, t_pub - min(r[0] for r in records))
+                results["gRPC during swap"] = summarize(during, max(r[0] for r in records) - t_pub)
+                results["gRPC during swap"]["failed"] = failed
+                swap_s = (min(swapped) - t_pub) if swapped else float("nan")
+            finally:
+                server.stop()
+        if args.ray != "off":
+            swap_result = ray_serve_rows(results, repo, spare, work, row, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     base = results["in-process"]["rps"]
     print()
-    print(f"{'mode':<34}{'req/s':>10}{'x in-process':>14}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'mode':<40}{'req/s':>10}{'x in-process':>14}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in results.items():
-        print(f"{name:<34}{r['rps']:>10.0f}{r['rps'] / base:>14.2f}{r['p50']:>10.2f}{r['p99']:>10.2f}")
+        print(f"{name:<40}{r['rps']:>10.0f}{r['rps'] / base:>14.2f}{r['p50']:>10.2f}{r['p99']:>10.2f}")
+    if args.ray != "off":
+        print_ray_summary(results, swap_result, args.clients)
+    if args.ray == "only":
+        return 0
     steady = results["gRPC steady (before swap)"]["p99"]
     during = results["gRPC during swap"]["p99"]
     best_grpc = max(results["gRPC (batching off)"]["rps"], results["gRPC (batching on)"]["rps"]) / base

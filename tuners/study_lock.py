@@ -128,4 +128,7 @@ class StudyLock:
         os.close(fd)  # releases the POSIX lock
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: the process's end releases the lock anyway
+            pass

@@ -187,23 +187,29 @@ def _op_fix(mode: str, op: str) -> str:
 
 
 def _converter_failure(mode: str, exc: Exception) -> UnsupportedOpsError:
-    """The converter's error (pages of MLIR locations) as one line: the first failing op and where it is."""
+    """The converter's error (pages of MLIR locations) as one line: the first failing op and where it is.
+
+    Its lines read ``<unknown>:0: error: loc(callsite(fused["Op:", "mlp/lstm/..."] at ...)): 'tf.Op' op ...``.
+    """
     import re
 
-    text = str(exc)
     ops: List[Tuple[str, str]] = []
-    for m in re.finditer(r"loc\((?:callsite\()?fused\[\"(?P<op>[^:\"]+):\", \"(?P<where>[^\"@]+)[^\]]*\][^\n]*?\): error: (?P<what>[^\n]+)", text):
-        ops.append((m.group("op"), m.group("where")))
-    if not ops:
-        for m in re.finditer(r"'tf\.(?P<op>\w+)' op", text):
-            ops.append((m.group("op"), ""))
-    first = next((line.split(": error: ", 1)[1] for line in text.splitlines() if ": error: " in line),
-                 (text.strip().splitlines() or [type(exc).__name__])[0])
-    op = ops[0][0] if ops else "?"
-    where = next((w for o, w in ops if w and "/" in w), ops[0][1] if ops else "")
-    problem = (f"the TFLite converter cannot convert op {op}" + (f" (in {where})" if where else "")
-               + f": {first.strip()[:200]}")
-    return UnsupportedOpsError(mode, ops, problem, _op_fix(mode, op))
+    first = ""
+    for line in str(exc).splitlines():
+        m = re.match(r".*?: error: loc\((?P<loc>.*)\): (?P<msg>.*)$", line)
+        if not m:
+            continue
+        named = re.search(r"'tf\.(\w+)' op", m.group("msg")) or re.search(r"fused\[\"(\w+):", m.group("loc"))
+        places = [w for w in re.findall(r"\"([^\"@]+)(?:@[^\"]*)?\"", m.group("loc")) if "/" in w]
+        if named:
+            ops.append((named.group(1), places[0] if places else ""))
+            first = first or m.group("msg").strip()
+    if not ops:  # another wording (a calibration run that cannot load an op, an older converter)
+        ops = [(o, "") for o in re.findall(r"'tf\.(\w+)' op", str(exc))]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    op, where = ops[0] if ops else ("?", "")
+    problem = f"the TFLite converter cannot convert op {op}" + (f" (in {where})" if where else "") + f": {first[:160]}"
+    return UnsupportedOpsError(mode, ops, problem.rstrip(".") , _op_fix(mode, op))
 
 
 def float_ops(content: bytes) -> List[Tuple[str, str]]:

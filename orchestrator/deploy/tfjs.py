@@ -70,6 +70,39 @@ def conversion_args(d: TfjsDeployConfig, saved_model_dir: Path, output_dir: Path
     return args + [str(saved_model_dir), str(output_dir)]
 
 
+def unsupported_ops(output: str) -> List[str]:
+    """The ops ``tensorflowjs_converter`` lists as unsupported (``Unsupported Ops in the model before
+    optimization\nCos, Erfinv``), or [] when its output says nothing of the kind."""
+    import re
+
+    m = re.search(r"Unsupported Ops in the model(?: (?:before|after) optimization)?:?\s*\n?\s*([^\n']+)", output)
+    return [op.strip() for op in m.group(1).split(",") if op.strip()] if m else []
+
+
+def check_convertible(cfg: ExperimentConfig, saved_model_dir: Path, work_dir: Path) -> None:
+    """Convert ``saved_model_dir`` (the untrained model, saved like a version) as ``deploy=tfjs`` would, into
+    ``work_dir``, and remove the result: before training, ops TF.js lacks are a ConfigError naming them."""
+    d = cfg.deploy.tfjs
+    out = Path(work_dir) / "tfjs"
+    command = converter_command(d.converter) + conversion_args(d, Path(saved_model_dir), out)
+    try:
+        try:
+            proc = supervisor.run(command, timeout=float(d.timeout_s))
+        except supervisor.TimeoutExpired as exc:
+            raise TaskFailedError(f"tensorflowjs_converter did not convert the untrained model within "
+                                  f"deploy.tfjs.timeout_s={d.timeout_s}s.") from exc
+        ops = unsupported_ops(proc.stdout + "\n" + proc.stderr)
+        if ops:
+            raise ConfigError("deploy.target", "tfjs", f"Replace the layers that use them, or publish without TF.js "
+                              f"(deploy=none).", problem=f"TF.js has no kernel for op(s) {', '.join(ops)} of this model")
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.strip().splitlines()[-1:])[:300]
+            raise TaskFailedError(f"tensorflowjs_converter ({d.converter}) exited with {proc.returncode} converting the "
+                                  f"untrained model before training: {tail}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 class TfjsTarget(DeployTarget):
     """Converts the published version with ``tensorflowjs_converter`` and publishes the graph model."""
 

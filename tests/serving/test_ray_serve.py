@@ -24,54 +24,51 @@ from serving_testkit import MODEL, PYTHON, REPO_ROOT, free_port, publish, refere
 # ------------------------------------------------------------------------------------------ config checks
 
 
-def _serve_cfg(*overrides: str, hide_ray: bool = False) -> subprocess.CompletedProcess:
-    """``tfscale serve ... --cfg`` in a fresh interpreter (optionally one where Ray cannot be imported)."""
-    hide = "sys.modules['ray'] = None; " if hide_ray else ""  # what Python sees when Ray is not installed
-    code = (f"import sys, time; {hide}t = time.process_time(); from orchestrator.app.serve import main; "
-            f"rc = main({list(overrides) + ['--cfg']!r}); "
-            "print('RESULT', rc, 'tensorflow' in sys.modules, 'ray' in sys.modules and sys.modules['ray'] is not None, "
-            "time.process_time() - t)")
+def _serve_cfg(*cases, hide_ray: bool = False) -> list:
+    """``tfscale serve <case> --cfg`` for each case, in one fresh interpreter (optionally one where Ray cannot
+    be imported): ``[(exit code, stdout, stderr)]``, then whether TensorFlow / Ray got imported and the CPU seconds."""
+    hide = "sys.modules['ray'] = None\n" if hide_ray else ""  # what Python sees when Ray is not installed
+    code = (f"import contextlib, io, json, sys, time\n{hide}t = time.process_time()\n"
+            "from orchestrator.app.serve import main\nout = []\n"
+            f"for case in {[list(c) + ['--cfg'] for c in cases]!r}:\n"
+            "    o, e = io.StringIO(), io.StringIO()\n"
+            "    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):\n"
+            "        rc = main(case)\n"
+            "    out.append((rc, o.getvalue(), e.getvalue()))\n"
+            "print(json.dumps([out, 'tensorflow' in sys.modules, sys.modules.get('ray') is not None, time.process_time() - t]))")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _result(out: subprocess.CompletedProcess):
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
-    _, rc, tf_loaded, ray_loaded, seconds = line.split()
-    return int(rc), tf_loaded == "True", ray_loaded == "True", float(seconds)
+def test_ray_engine_config_errors_are_one_line_without_tensorflow_or_ray():
+    cases = [
+        (["serving.engine=ray", "serving.replicas=0"], "serving.replicas", "at least 1 replica"),
+        (["serving.engine=ray", "serving.autoscaling.min_replicas=3", "serving.autoscaling.max_replicas=2"],
+         "serving.autoscaling.max_replicas", "min_replicas <= max_replicas must hold, but got min_replicas=3, max_replicas=2"),
+        (["serving.replicas=2"], "serving.replicas", "add serving.engine=ray"),
+        (["serving.engine=ray", "serving.admin.enable_reload=true"], "serving.admin.enable_reload", "edit models.config"),
+    ]
+    results, tf_loaded, ray_loaded, seconds = _serve_cfg(*(c[0] for c in cases))
+    for (overrides, key, fix), (rc, _, err) in zip(cases, results):
+        assert rc == 2, (overrides, err)
+        (message,) = err.strip().splitlines()
+        assert key in message and fix in message, message
+    assert not tf_loaded and not ray_loaded
+    assert seconds / len(cases) < 1.0, seconds  # CPU seconds: the machine's cores are shared
 
 
-@pytest.mark.parametrize("overrides, key, fix", [
-    (["serving.engine=ray", "serving.replicas=0"], "serving.replicas", "at least 1 replica"),
-    (["serving.engine=ray", "serving.autoscaling.min_replicas=3", "serving.autoscaling.max_replicas=2"],
-     "serving.autoscaling.max_replicas", "min_replicas <= max_replicas must hold, but got min_replicas=3, max_replicas=2"),
-    (["serving.replicas=2"], "serving.replicas", "add serving.engine=ray"),
-    (["serving.engine=ray", "serving.admin.enable_reload=true"], "serving.admin.enable_reload", "edit models.config"),
-])
-def test_ray_engine_config_errors_are_one_line_without_tensorflow_or_ray(overrides, key, fix):
-    out = _serve_cfg(*overrides)
-    rc, tf_loaded, ray_loaded, seconds = _result(out)
-    assert rc == 2 and not tf_loaded and not ray_loaded, out.stderr
-    (message,) = out.stderr.strip().splitlines()
-    assert key in message and fix in message, message
-    assert seconds < 1.0, seconds  # CPU seconds: the machine's cores are shared
-
-
-def test_ray_engine_without_ray_names_the_extra_to_install():
-    out = _serve_cfg("serving.engine=ray", hide_ray=True)
-    rc, _, _, _ = _result(out)
-    assert rc == 2
-    assert "serving.engine" in out.stderr and "pip install 'tfscale[ray]'" in out.stderr, out.stderr
-
-
-def test_ray_engine_config_composes_with_autoscaling_bounds():
-    out = _serve_cfg("serving.engine=ray", "serving.replicas=2", "serving.autoscaling.max_replicas=4",
-                     "serving.autoscaling.target_ongoing_requests=3")
-    rc, tf_loaded, ray_loaded, _ = _result(out)
-    assert (rc, tf_loaded, ray_loaded) == (0, False, False), out.stderr
+def test_ray_engine_needs_ray_serve_and_takes_autoscaling_bounds():
     import yaml
 
-    cfg = yaml.safe_load(out.stdout.split("RESULT")[0])
+    ((rc, _, err),), _, _, _ = _serve_cfg(["serving.engine=ray"], hide_ray=True)
+    assert rc == 2 and "serving.engine" in err and "pip install 'tfscale[ray]'" in err, err
+    ((rc, out, err),), tf_loaded, ray_loaded, _ = _serve_cfg(
+        ["serving.engine=ray", "serving.replicas=2", "serving.autoscaling.max_replicas=4",
+         "serving.autoscaling.target_ongoing_requests=3"])
+    assert (rc, tf_loaded, ray_loaded) == (0, False, False), err
+    cfg = yaml.safe_load(out)
     assert (cfg["engine"], cfg["replicas"]) == ("ray", 2)
     assert cfg["autoscaling"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 3.0}
 

@@ -106,7 +106,8 @@ def test_trials_of_very_different_lengths_keep_both_slots_busy(tmp_path):
 
 @pytest.mark.slow
 def test_a_trial_stopped_early_frees_its_slot_within_a_second(tmp_path):
-    # Trial 0 learns and completes; trials 1 and 2 barely learn and the median rule stops them after an epoch.
+    # Trial 0 learns and completes; trials 1 and 2 diverge (learning rates of 500 and 1000) and the median rule
+    # stops them after an epoch.
     conf = _study(tmp_path, "stops", """\
         metric: {tag: accuracy, goal: MAXIMIZE}
         max_trials: 3
@@ -114,7 +115,7 @@ def test_a_trial_stopped_early_frees_its_slot_within_a_second(tmp_path):
         algorithm: GRID_SEARCH
         early_stopping: {rule: median, min_trials: 1, min_steps: 1}
         parameters:
-          - {name: learning_rate, type: DISCRETE, values: [0.01, 1.0e-7, 2.0e-7], key: model.optimizer.learning_rate}
+          - {name: learning_rate, type: DISCRETE, values: [0.01, 500.0, 1000.0], key: model.optimizer.learning_rate}
         """)
     result = run_tfscale(["-m", "-cd", str(conf), "study=stops", "trainer.epochs=60", "data.limit=400", *CHEAP],
                          tmp_path, timeout=600)
@@ -159,7 +160,8 @@ def test_a_crashing_trial_does_not_take_the_pool_down(tmp_path):
              key: model.layers.1._target_}
           - {name: units, type: DISCRETE, values: [16, 32], key: model.layers.1.units}
         """)
-    result = run_tfscale(["-m", "-cd", str(conf), "study=crashes", "trainer.epochs=2", "data.limit=300", *CHEAP],
+    result = run_tfscale(["-m", "-cd", str(conf), "study=crashes", "trainer.epochs=2", "data.limit=300",
+                          "model.allowed_modules=[tf_keras,crashing_layer]", *CHEAP],
                          tmp_path, timeout=600, env=tfscale_env(PYTHONPATH=str(tmp_path)))
     assert result.returncode == 0, result.output
     rows = _rows(tmp_path / "runs" / "studies" / "crashes")

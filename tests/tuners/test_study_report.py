@@ -54,10 +54,10 @@ def stored_study(directory: Path, spec: dict = SPEC, *, refresh: bool = False) -
         run.mkdir(parents=True, exist_ok=True)
         (run / "trial.log").write_text("training\n")
         final = _accuracy(t.parameters, rng.uniform(-0.01, 0.01))
-        for step in range(1, 11):
-            study.add_measurement(t.id, step, final - (final - 0.3) * math.exp(-step / 2.5))
-            if t.id in STOPPED and step == 4 and not multi:
-                break
+        curve = [(step, final - (final - 0.3) * math.exp(-step / 2.5)) for step in range(1, 11)]
+        if t.id == FAILED or (t.id in STOPPED and not multi):
+            for step, value in curve[:4 if t.id in STOPPED else None]:  # reported while it ran
+                study.add_measurement(t.id, step, value)
         if t.id == FAILED:
             study.fail(t.id, "Traceback\nRuntimeError: loss is NaN", log_path=str(run / "trial.log"))
         elif t.id in STOPPED and not multi:
@@ -65,9 +65,9 @@ def stored_study(directory: Path, spec: dict = SPEC, *, refresh: bool = False) -
             study.stop(t.id)
         elif multi:
             study.complete(t.id, {"accuracy": final, "model_bytes": 260.0 * t.parameters["units"]},
-                           log_path=str(run / "trial.log"))
+                           measurements=curve, log_path=str(run / "trial.log"))
         else:
-            study.complete(t.id, None, log_path=str(run / "trial.log"))
+            study.complete(t.id, None, measurements=curve, log_path=str(run / "trial.log"))
         if refresh:
             write_results(study, directory, plots=False)
     study.close()

@@ -151,6 +151,22 @@ def signature_options(cfg: ExperimentConfig) -> Dict[str, Any]:
             "kind": prediction_kind(cfg)}
 
 
+def signature_functions(tf: Any, model: Any, input_shape: Sequence[int], input_name: str, output_name: str, *,
+                        outputs: Sequence[str] = (), signatures: Sequence[str] = (SERVING_DEFAULT,),
+                        kind: str = PredictionKind.class_id) -> Dict[str, Any]:
+    """``{signature key: tf.function}`` of a version (what :func:`save_model` saves; the pre-flight traces them).
+
+    ``signatures``: ``serving_default`` (the model's outputs plus ``outputs``), and optionally
+    ``classification`` / ``regression``.
+    """
+    functions = {SERVING_DEFAULT: serving_function(tf, model, input_shape, input_name, output_name, outputs, kind)}
+    if SignatureKind.classification in signatures:
+        functions[SignatureKind.classification.value] = classification_function(tf, model, input_shape, input_name)
+    if SignatureKind.regression in signatures:
+        functions[SignatureKind.regression.value] = regression_function(tf, model, input_shape, input_name)
+    return functions
+
+
 def save_model(tf: Any, model: Any, path: Path, input_shape: Sequence[int], input_name: str, output_name: str,
                record: Optional[Dict[str, Any]] = None, *, outputs: Sequence[str] = (),
                signatures: Sequence[str] = (SERVING_DEFAULT,), kind: str = PredictionKind.class_id) -> None:
@@ -159,11 +175,8 @@ def save_model(tf: Any, model: Any, path: Path, input_shape: Sequence[int], inpu
     ``signatures``: ``serving_default`` (the model's outputs plus ``outputs``), and optionally
     ``classification`` / ``regression`` with TF Serving's method names (see :func:`set_method_names`).
     """
-    functions = {SERVING_DEFAULT: serving_function(tf, model, input_shape, input_name, output_name, outputs, kind)}
-    if SignatureKind.classification in signatures:
-        functions[SignatureKind.classification.value] = classification_function(tf, model, input_shape, input_name)
-    if SignatureKind.regression in signatures:
-        functions[SignatureKind.regression.value] = regression_function(tf, model, input_shape, input_name)
+    functions = signature_functions(tf, model, input_shape, input_name, output_name, outputs=outputs,
+                                    signatures=signatures, kind=kind)
     tf.saved_model.save(model, str(path), signatures={k: f.get_concrete_function() for k, f in functions.items()})
     special = {k: METHOD_NAMES[SignatureKind(k)] for k in functions if k != SERVING_DEFAULT}
     if special:

@@ -193,14 +193,12 @@ class StudySweeper(Sweeper):
             raise SystemExit(exc.code if isinstance(exc, SystemExit) else supervisor.exit_code(exc)) from None
 
     def _sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
-        from tuners import Study, progress_line, write_results
-
-        assert self.config is not None and self.hydra_context is not None
-        from tuners import StudyStore
+        from tuners import Study, StudyStore, progress_line, write_results
 
         from orchestrator.artifacts.run_record import RunRecord
         from orchestrator.launch import study_home
 
+        assert self.config is not None and self.hydra_context is not None
         node = study_home.parse_study_node(
             self.config.get("study"), OmegaConf.select(self.config, "hydra.runtime.choices.study", default=None))
         spec, name = node.spec, node.name

@@ -8,10 +8,12 @@ own output).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Tuple
 
 from orchestrator.config.schema import ModelHead, OptimizerName
+from orchestrator.config.targets import check_resolved
 from orchestrator.errors import ConfigError
+from orchestrator.training import preflight
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -34,12 +36,15 @@ def _optimizer(keras: Any, o: OptimizerConfig):
     return keras.optimizers.Adam(**kwargs)
 
 
-def _builder(path: str):
+def _builder(path: str, allowed: Optional[Sequence[str]] = None):
     module, _, fn = path.partition(":")
     try:
-        return getattr(importlib.import_module(module), fn)
+        found = getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as exc:
         raise ConfigError("model.builder", path, f"Cannot import it ({exc}); check the module is importable from where tfscale runs and the function name.") from exc
+    if allowed is not None:
+        check_resolved("model.builder", f"{module}.{fn}", found, allowed)
+    return found
 
 
 _HYDRA_KEYS = ("_partial_", "_args_", "_recursive_", "_convert_")
@@ -51,27 +56,49 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _locate(path: str) -> Any:
-    """The object at a dotted path (``tf_keras.layers.Dense``): the longest importable module, then attributes."""
+def _locate(path: str, allowed: Optional[Sequence[str]] = None, key: str = "_target_") -> Any:
+    """The object at a dotted path (``tf_keras.layers.Dense``): the longest importable module, then attributes.
+
+    ``allowed``: module prefixes (``model.allowed_modules``); the object, and every module passed on the way,
+    must lie under them or under the path's own package (checked before anything is called). None: no check.
+    """
     parts = path.split(".")
     for cut in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
             continue
+        walked = [obj]
         for attr in parts[cut:]:
             obj = getattr(obj, attr)
+            walked.append(obj)
+        if allowed is not None:
+            check_resolved(key, path, obj, allowed, walked[:-1])
         return obj
     raise ImportError(f"No module named {parts[0]!r}")
 
 
-def _instantiate(node: DictConfig) -> Any:
+def _targets(spec: Any, key: str) -> Iterator[Tuple[str, str]]:
+    """``(config key, path)`` of every ``_target_`` string in a node, nested ones included."""
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            if k == "_target_" and isinstance(v, str):
+                yield f"{key}._target_", v
+            else:
+                yield from _targets(v, f"{key}.{k}")
+    elif isinstance(spec, (list, tuple)):
+        for i, v in enumerate(spec):
+            yield from _targets(v, f"{key}[{i}]")
+
+
+def _instantiate(node: DictConfig, allowed: Optional[Sequence[str]] = None, key: str = "model.layers") -> Any:
     """Build one ``_target_`` node.
 
     A flat node — ``_target_`` plus plain values, as every layer preset is — is built directly (importing
     Hydra's instantiate machinery costs a fifth of a second in the task process). Anything else (nested
     ``_target_`` nodes, ``_partial_``, ``_args_``, ``_recursive_``, ``_convert_``) goes through
-    ``hydra.utils.instantiate`` with its full semantics.
+    ``hydra.utils.instantiate`` with its full semantics. With ``allowed``, every target of the node is
+    resolved and checked (:func:`_locate`) before anything is called.
     """
     from omegaconf import OmegaConf
 
@@ -79,26 +106,56 @@ def _instantiate(node: DictConfig) -> Any:
     if isinstance(spec, dict) and isinstance(spec.get("_target_"), str) and not any(k in spec for k in _HYDRA_KEYS):
         kwargs = {k: v for k, v in spec.items() if k != "_target_"}
         if all(_plain(v) for v in kwargs.values()):
-            return _locate(spec["_target_"])(**kwargs)
+            return _locate(spec["_target_"], allowed, f"{key}._target_")(**kwargs)
+    if allowed is not None:
+        for target_key, path in _targets(spec, key):
+            _locate(path, allowed, target_key)
     from hydra.utils import instantiate
 
     return instantiate(node)
+
+
+def _checked_layer(keras: Any, key: str, node: Any, allowed: Optional[Sequence[str]]) -> Any:
+    """One layer of ``model.layers``, its arguments checked first (the pre-flight's first step)."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(node, resolve=True)
+    cls, kwargs = None, {}
+    if isinstance(spec, dict) and isinstance(spec.get("_target_"), str) and not any(k in spec for k in ("_args_", "_partial_")):
+        cls = _locate(spec["_target_"], allowed, f"{key}._target_")
+        kwargs = {k: v for k, v in spec.items() if not (k.startswith("_") and k.endswith("_"))}
+        if isinstance(cls, type):
+            preflight.check_arguments(key, cls, kwargs, keras)
+    try:
+        return _instantiate(node, allowed, key)
+    except ConfigError:
+        raise
+    except Exception as exc:  # import and argument errors alike
+        if isinstance(cls, type):
+            raise preflight.explain_failure(key, cls, kwargs, exc, keras, target=spec["_target_"]) from None
+        raise
 
 
 def _body(cfg: ExperimentConfig, keras: Any, input_shape: Sequence[int], num_classes: int):
     from omegaconf import OmegaConf
 
     m = cfg.model
+    allowed = None if m.allow_any_target else [str(a) for a in m.allowed_modules]
     if m.builder:
         kwargs = OmegaConf.to_container(m.builder_kwargs, resolve=True)
-        return [_builder(m.builder)(tuple(input_shape), num_classes, **kwargs)]
+        return [_builder(m.builder, allowed)(tuple(input_shape), num_classes, **kwargs)]
     layers = []
     for i, node in enumerate(m.layers):
+        key = f"model.layers[{i}]"
         try:
-            layers.append(_instantiate(node))
+            layer = _checked_layer(keras, key, node, allowed) if cfg.trainer.preflight else _instantiate(node, allowed, key)
+        except ConfigError:
+            raise
         except Exception as exc:  # import and argument errors alike
-            raise ConfigError(f"model.layers[{i}]", OmegaConf.to_container(node, resolve=True),
+            raise ConfigError(key, OmegaConf.to_container(node, resolve=True),
                               f"Could not build this layer: {exc}".rstrip(".") + ". Check _target_ and its arguments.") from exc
+        preflight.remember(layer, key)
+        layers.append(layer)
     return layers
 
 

@@ -141,6 +141,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     from orchestrator.config.streams import input_pipelines
     from orchestrator.artifacts.export import export_version
     from orchestrator.training.models import build_model
+    from orchestrator.training import preflight
     from orchestrator.training.topology import configure_devices, describe_devices
     from orchestrator.runtime.tf_env import import_keras
     from orchestrator.config.schema import MixedPrecision
@@ -188,10 +189,20 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
                                 shuffle_buffer=cfg.data.shuffle_buffer, prefetch=cfg.data.prefetch)
         val_ds = make_dataset(tf, splits.x_val, splits.y_val, batch, shuffle=False, seed=0) if len(splits.x_val) else None
         test_ds = make_dataset(tf, splits.x_test, splits.y_test, batch, shuffle=False, seed=0) if len(splits.x_test) else None
+    def built() -> Any:  # a layer that cannot be connected is named by the pre-flight
+        return preflight.built(lambda: build_model(cfg, splits.input_shape, splits.num_classes, splits.scale,
+                                                   target=splits.target_stats))
+
     with strategy.scope():
-        model = build_model(cfg, splits.input_shape, splits.num_classes, splits.scale, target=splits.target_stats)
+        model = built()
         # qat: wrapped before compile/training; int8 and qat check there are rows to calibrate on
         model = quantization.prepare_model(cfg, model, splits.sample_x if streamed else splits.x_train)
+    preflight_seconds = None
+    if t.preflight:  # before any epoch: forward pass, signatures, the configured conversions of the untrained model
+        # Variables on parameter servers: the check runs on a local copy, as the export does after training.
+        checked = (quantization.prepare_model(cfg, built(), splits.sample_x if streamed else splits.x_train)
+                   if kind.variables_on_servers else model)
+        preflight_seconds = preflight.run(cfg, checked, splits, run_dir, tf=tf, convert=identity.is_chief)
 
     if streamed:  # every strategy: per-pipeline datasets from a DatasetCreator, a fixed number of steps
         # Under ParameterServerStrategy one traced dataset function runs on every worker, which learns
@@ -235,6 +246,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
         "logical_devices": applied["logical_devices"],
         "model_version": None,
         "input_pipeline": input_share(input_seconds, timer.epoch_seconds, steps),
+        "preflight_seconds": preflight_seconds,
     }
     if streamed:
         metrics["input"] = {**splits.describe(), "shards": splits.shard_table(pipelines), "this_task": splits.pipelines_built}

@@ -26,14 +26,17 @@ def _rows(sweep_dir: Path) -> list:
 
 
 def _processes_mentioning(text: str) -> list:
+    """Processes whose command line mentions ``text`` or whose working directory is ``text`` or below it (trials
+    forked by a warm trial process carry its command line, not their own)."""
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
             try:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(proc / "cwd")
             except OSError:
                 continue
-            if text in cmdline:
+            if text in cmdline or cwd == text or cwd.startswith(text + "/"):
                 found.append(cmdline)
     return found
 
@@ -66,15 +69,15 @@ def test_study_on_processes_survives_a_killed_driver(tmp_path):
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    # Trials run in their own process groups; they must still die with the driver.
+    # Warm trial processes and trials run in their own process groups; they must still die with the driver.
     deadline = time.monotonic() + 30
-    while _processes_mentioning(str(sweep_dir)) and time.monotonic() < deadline:
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _processes_mentioning(str(sweep_dir)), "orphaned trial processes"
+    assert not _processes_mentioning(str(tmp_path)), "orphaned trial processes"
     with sqlite3.connect(sweep_dir / "study.db") as db:
         before = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-    # Batches of 2 are synchronous: the driver may already have asked for the next batch when it died.
-    assert 3 <= before <= 6
+    # Two trials run at a time: when the driver died, up to two more than the 3 finished had started.
+    assert 3 <= before <= 5
 
     result = run_tfscale(args, tmp_path, timeout=600)
     assert result.returncode == 0, result.output
@@ -133,6 +136,10 @@ def test_failed_trials_past_the_budget_stop_the_study(tmp_path):
     assert "trial_0/trial.log" in result.stderr and "mnist" in result.stderr
     sweep_dir = tmp_path / "runs" / "studies" / "digits_lr_units"
     rows = _rows(sweep_dir)
-    assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
-    assert all(r["log_path"].endswith("trial.log") and r["error"] for r in rows)
-    assert not (sweep_dir / "trial_2").exists()
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    assert len(failed) == 2, rows
+    assert all(r["log_path"].endswith("trial.log") and r["error"] for r in failed)
+    # A slot freed by the first failure started the next trial at once; the second failure stopped it (it stays
+    # ACTIVE, to be re-run if the study is resumed), and nothing after it started.
+    assert len(rows) <= 3 and all(r["status"] == "ACTIVE" for r in rows if r not in failed), rows
+    assert not (sweep_dir / "trial_3").exists()

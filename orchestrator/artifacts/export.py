@@ -151,19 +151,36 @@ def signature_options(cfg: ExperimentConfig) -> Dict[str, Any]:
             "kind": prediction_kind(cfg)}
 
 
+#: The model attribute :func:`signature_functions` keeps its functions in.
+_SIGNATURE_CACHE = "_tfscale_signature_functions"
+
+
 def signature_functions(tf: Any, model: Any, input_shape: Sequence[int], input_name: str, output_name: str, *,
                         outputs: Sequence[str] = (), signatures: Sequence[str] = (SERVING_DEFAULT,),
                         kind: str = PredictionKind.class_id) -> Dict[str, Any]:
     """``{signature key: tf.function}`` of a version (what :func:`save_model` saves; the pre-flight traces them).
 
     ``signatures``: ``serving_default`` (the model's outputs plus ``outputs``), and optionally
-    ``classification`` / ``regression``.
+    ``classification`` / ``regression``. The functions are kept with the model, so the export after training
+    reuses the traces the pre-flight made before it (a trace reads the variables, not their values).
     """
+    key = (tuple(input_shape), input_name, output_name, tuple(str(o) for o in outputs),
+           tuple(str(s) for s in signatures), str(kind))
+    cache = getattr(model, _SIGNATURE_CACHE, None)
+    if cache is None:
+        cache = {}
+        try:  # past Keras' attribute tracking: a plain attribute, never saved with the model
+            object.__setattr__(model, _SIGNATURE_CACHE, cache)
+        except (AttributeError, TypeError):
+            pass
+    if key in cache:
+        return cache[key]
     functions = {SERVING_DEFAULT: serving_function(tf, model, input_shape, input_name, output_name, outputs, kind)}
     if SignatureKind.classification in signatures:
         functions[SignatureKind.classification.value] = classification_function(tf, model, input_shape, input_name)
     if SignatureKind.regression in signatures:
         functions[SignatureKind.regression.value] = regression_function(tf, model, input_shape, input_name)
+    cache[key] = functions
     return functions
 
 

@@ -96,6 +96,7 @@ class ServingConfig:
     under ``model_base``. ``version_policy`` and ``version_labels`` apply to models that are not described
     by a models.config. ``model_base_path`` (``tensorflow_model_server --model_base_path``) serves the one
     model whose version directories are there, under the name ``model_name`` (default ``default``).
+    ``engine=ray`` serves the same API from ``replicas`` Ray Serve replicas (:mod:`orchestrator.launch.ray_serve`).
     """
 
     name: str = "default"

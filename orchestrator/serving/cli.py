@@ -10,6 +10,7 @@ your own config groups, and "did you mean" for a misspelt key. The ``serving.`` 
     tfscale serve serving=batching serving.batching.max_batch_size=64 serving.host=0.0.0.0
     tfscale serve -cd my_conf serving=prod                       # my_conf/serving/prod.yaml
     tfscale serve serving.grpc_tls_cert=cert.pem serving.grpc_tls_key=key.pem
+    tfscale serve serving.engine=ray serving.replicas=2 serving.model_base=gs://bucket/models   # Ray Serve replicas
     python -m orchestrator.serving serving.model_base=models     # the same without the tfscale entry point
 
 It also takes ``tensorflow_model_server``'s flags, so a TF Serving command line runs with the binary's name

@@ -154,7 +154,7 @@ def _body(cfg: ExperimentConfig, keras: Any, input_shape: Sequence[int], num_cla
         except Exception as exc:  # import and argument errors alike
             raise ConfigError(key, OmegaConf.to_container(node, resolve=True),
                               f"Could not build this layer: {exc}".rstrip(".") + ". Check _target_ and its arguments.") from exc
-        preflight.remember(layer, key)
+        preflight.remember(layer, key, str(node.get("_target_", "")) if hasattr(node, "get") else "")
         layers.append(layer)
     return layers
 

@@ -61,24 +61,27 @@ _DESCRIBE = {"bool": "true or false", "int": "an integer (e.g. 64)", "float": "a
 
 
 # ------------------------------------------------------------------------------------ layer keys
-_LAYER_KEYS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+_LAYER_KEYS: "weakref.WeakKeyDictionary[Any, Tuple[str, str]]" = weakref.WeakKeyDictionary()
 
 
-def remember(layer: Any, key: str) -> None:
-    """Record that ``layer`` was built from the config node ``key`` (``model.layers[2]``), for messages."""
+def remember(layer: Any, key: str, target: str = "") -> None:
+    """Record that ``layer`` was built from the config node ``key`` (``model.layers[2]``, its ``_target_``)."""
     try:
-        _LAYER_KEYS[layer] = key
+        _LAYER_KEYS[layer] = (key, target)
     except TypeError:  # an object that cannot be weakly referenced: messages name it by its Keras name only
         pass
 
 
-def layer_keys(model: Any) -> Dict[str, str]:
-    """``{Keras layer name: config key}`` of the layers of ``model`` that came from ``model.layers``."""
-    keys: Dict[str, str] = {}
+def layer_keys(model: Any = None) -> Dict[str, Tuple[str, str]]:
+    """``{Keras layer name: (config key, _target_)}`` of the layers of ``model`` (None: every layer built in
+    this process) that came from ``model.layers``."""
+    if model is None:
+        return {layer.name: entry for layer, entry in list(_LAYER_KEYS.items())}
+    keys: Dict[str, Tuple[str, str]] = {}
     for layer in getattr(model, "layers", []):
-        key = _LAYER_KEYS.get(layer)
-        if key is not None:
-            keys[layer.name] = key
+        entry = _LAYER_KEYS.get(layer)
+        if entry is not None:
+            keys[layer.name] = entry
     return keys
 
 
@@ -203,9 +206,9 @@ def _layer_error(model_or_keys: Any, exc: BaseException, what: str, fix: str) ->
     m = _LAYER_IN_MESSAGE.search(text)
     layer = m.group("name") if m else None
     detail = re.sub(r"^.*?Exception encountered when calling layer [^:]*:\s*", "", text)[:220]
-    key = keys.get(layer or "", "model.layers" if layer else "model")
+    key, target = keys.get(layer or "", ("model.layers" if layer else "model", ""))
     where = f"layer '{layer}'" if layer else "the model"
-    return ConfigError(key, layer or "", f"{fix}", problem=f"{what} failed in {where}: {detail}".rstrip("."))
+    return ConfigError(key, target or layer or "", fix, problem=f"{what} failed in {where}: {detail}".rstrip("."))
 
 
 def built(build: Callable[[], Any]) -> Any:
@@ -215,8 +218,7 @@ def built(build: Callable[[], Any]) -> Any:
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:  # Keras' shape and dtype checks while connecting the layers
-        keys = {layer.name: key for layer, key in list(_LAYER_KEYS.items())}
-        raise _layer_error(keys, exc, "connecting the layers",
+        raise _layer_error(layer_keys(), exc, "connecting the layers",
                            "Fix this layer's arguments or the layers before it (the data's rows go in as they are; "
                            "e.g. a Reshape to data.image_shape comes before Conv2D).") from None
 
@@ -262,15 +264,12 @@ def _signature_functions(tf: Any, model: Any, cfg: ExperimentConfig, input_shape
                                       **export.signature_options(cfg))
 
 
-def _with_layer_key(err: ConfigError, keys: Mapping[str, str], cfg: ExperimentConfig) -> ConfigError:
+def _with_layer_key(err: ConfigError, keys: Mapping[str, Tuple[str, str]]) -> ConfigError:
     """A converter's error, naming the config node of the layer its op belongs to when that is known."""
-    ops = getattr(err, "ops", None) or []
-    for _, where in ops:
+    for _, where in getattr(err, "ops", None) or []:
         for part in re.split(r"[/;]", where or ""):
             if part in keys:
-                node = keys[part]
-                index = int(node[node.index("[") + 1:-1])
-                target = str(cfg.model.layers[index].get("_target_", ""))
+                node, target = keys[part]
                 problem = getattr(err, "problem_text", str(err))
                 return ConfigError(node, target, err.fix, problem=f"quantization={err.value}: {problem}")
     return err
@@ -284,25 +283,25 @@ def run(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path, *, tf: An
     seconds: Dict[str, float] = {}
     keys = layer_keys(model)
     start = time.perf_counter()
+    try:  # the export reuses these traces (see export.signature_functions)
+        functions = _signature_functions(tf, model, cfg, splits.input_shape)
+        concrete = {name: fn.get_concrete_function() for name, fn in functions.items()}
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model the signature cannot wrap is the config's
+        raise _layer_error(keys, exc, "tracing the serving signature",
+                           "Give the model outputs the export can serve (see export.outputs and export.signatures).") from None
+    seconds["signature"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     rows = _rows(splits, FORWARD_ROWS)
-    if rows is not None:
+    if rows is not None:  # through the traced serving function: what a served version will compute
         try:
-            model(rows, training=False)
+            concrete[next(iter(concrete))](tf.constant(rows))
         except Exception as exc:  # noqa: BLE001 - any failure of the model on real rows is the config's
             raise _layer_error(keys, exc, "a forward pass on training rows",
                                "Fix this layer's arguments or the layers before it.") from None
     seconds["forward"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    try:
-        for fn in _signature_functions(tf, model, cfg, splits.input_shape).values():
-            fn.get_concrete_function()
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _layer_error(keys, exc, "tracing the serving signature",
-                           "Give the model outputs the export can serve (see export.outputs and export.signatures).") from None
-    seconds["signature"] = time.perf_counter() - start
 
     q = cfg.quantization.mode
     tfjs = cfg.deploy.target == DeployTarget.tfjs and cfg.export.enabled
@@ -315,7 +314,7 @@ def run(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path, *, tf: An
     return {k: round(v, 3) for k, v in seconds.items()}
 
 
-def _conversions(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path, keys: Mapping[str, str], *,
+def _conversions(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path, keys: Mapping[str, Tuple[str, str]], *,
                  tfjs: bool, tf: Any) -> None:
     from orchestrator.artifacts import quantization
     from orchestrator.artifacts.export import save_model, signature_options
@@ -339,7 +338,7 @@ def _conversions(cfg: ExperimentConfig, model: Any, splits: Any, run_dir: Path, 
                     quantization.convert(work / "saved_model", str(q.mode), calibration=calibration,
                                          int8_io=bool(q.int8_io), dense_per_channel=bool(q.dense_per_channel))
             except quantization.UnsupportedOpsError as err:
-                raise _with_layer_key(err, keys, cfg) from None
+                raise _with_layer_key(err, keys) from None
         if tfjs:
             from orchestrator.deploy.tfjs import check_convertible
 

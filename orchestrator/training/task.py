@@ -291,10 +291,14 @@ def _start_hparams_session(run_dir: Path, overrides: Optional[list], started: fl
 
 
 def _end_hparams_session(session: Any, metrics: Dict[str, Any]) -> None:
-    """The final evaluation as the session's metrics (``test/accuracy``, ...), then its end."""
+    """The final evaluation as the session's metrics (``final/test_accuracy``, ...), then its end.
+
+    The tags stay clear of the per-epoch ones (``validation/epoch_accuracy``) and of each other's suffixes,
+    so a short tag such as ``accuracy`` still names one series of the run's event files.
+    """
     from tuners import TrialStatus
 
-    final = {f"{split}/{k}": v for split in ("test", "validation") for k, v in (metrics.get(split) or {}).items()}
+    final = {f"final/{split}_{k}": v for split in ("test", "validation") for k, v in (metrics.get(split) or {}).items()}
     if final:
         session.scalars(final, step=int(metrics.get("epochs") or 0))
     session.end(TrialStatus.COMPLETED)

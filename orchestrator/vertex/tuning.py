@@ -49,10 +49,20 @@ def load_study(cfg: ExperimentConfig) -> Any:
         else:
             raise ConfigError("vertex.study_file", None, "vertex.tuning=true needs a study: choose study=<option> or set vertex.study_file=<study YAML>.")
         param_map = dict(v.study_param_map or {})
-        if isinstance(raw, dict) and ({"trainingInput", "hyperparameters", "hyperparameterMetricTag", "params"} & set(raw)):
+        if isinstance(raw, dict):
+            raw.pop("name", None)  # the study's directory name for `tfscale -m`, not part of the spec
+            warm = raw.pop("warm_start_from", None)
+            if warm:
+                raise ConfigError("study.warm_start_from", warm, "A Vertex AI tuning job starts its study cold; run "
+                                  "the study with `tfscale -m` to warm-start it, or remove warm_start_from.")
+            own_map = raw.pop("param_map", None)
+            if isinstance(own_map, dict) and not param_map:
+                param_map = dict(own_map)
+        form = StudySpec.dialect(raw) if isinstance(raw, dict) else "native"
+        if form == "ai_platform":
             _refuse_resume(raw, key)
             return StudySpec.from_ai_platform(raw, param_map or None)
-        if isinstance(raw, dict) and ({"studySpec", "study_spec", "metrics"} & set(raw)):
+        if form == "vertex":
             return StudySpec.from_vertex(raw, param_map or None)
         return StudySpec.from_dict(raw)
     except StudySpecError as exc:

@@ -44,5 +44,5 @@ def test_a_study_without_matplotlib_runs_to_its_end_with_report_and_hparams(tmp_
         values["_hparams_/session_start_info"].metadata.plugin_data.content)
     assert {"model.optimizer.learning_rate", "model.layers.1.units", "trainer.epochs"} <= set(start.hparams)
     assert start.hparams["trainer.epochs"].number_value == 2
-    assert "test/accuracy" in values and "_hparams_/session_end_info" in values
+    assert "final/test_accuracy" in values and "_hparams_/session_end_info" in values
     assert Path(session).stat().st_size < 4096

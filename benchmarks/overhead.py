@@ -59,8 +59,7 @@ PLAIN_SCRIPT = textwrap.dedent('''
 
     @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="features")])
     def serve(x):
-        p = model(x, training=False)
-        return {"probabilities": p, "classes": tf.argmax(p, axis=-1)}
+        return {"probabilities": model(x, training=False)}  # the model's one output, as tfscale exports it
 
     tf.saved_model.save(model, "models/plain/0001", signatures={"serving_default": serve.get_concrete_function()})
 ''')

@@ -55,8 +55,7 @@ def build_version(path: Path, seed: int) -> None:
 
     @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="features")])
     def serve(features):
-        probs = model(features, training=False)
-        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1)}
+        return {"probabilities": model(features, training=False)}  # the model's one output, as tfscale exports it
 
     tmp = path.parent / f".tmp-{path.name}"
     tf.saved_model.save(model, str(tmp), signatures={"serving_default": serve.get_concrete_function()})
@@ -197,6 +196,40 @@ def grpc_call(port: int, row: np.ndarray) -> Callable[[], Callable[[], int]]:
     return make
 
 
+def cpu_by_role(root: int) -> Dict[str, float]:
+    """CPU seconds used so far by the processes below ``root``, by role: Ray Serve's proxy, the replicas, the
+    rest of Ray (and the serve command itself); plus this process (the benchmark's clients)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: Dict[int, int] = {}
+    stats: Dict[int, Tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+            fields = tail.split()
+            parents[int(entry.name)] = int(fields[1])
+            stats[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, todo = {root}, [root]
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                todo.append(child)
+    out = {"proxy": 0.0, "replicas": 0.0, "Ray and the driver": 0.0}
+    for pid in tree:
+        name, seconds = stats.get(pid, ("", 0.0))
+        # /proc's process names stop at 15 characters: ray::ProxyActor, ray::ServeRepli(ca:...)
+        role = "proxy" if "ProxyActor" in name else "replicas" if "ServeRepl" in name else "Ray and the driver"
+        out[role] += seconds
+    t = os.times()
+    out["clients"] = t.user + t.system
+    return out
+
+
 def ray_serve_rows(results: Dict[str, Dict[str, float]], repo: Path, spare: Path, work: Path, row: np.ndarray,
                    args: argparse.Namespace) -> Dict[str, float]:
     """REST and gRPC through Ray Serve with 1 and 2 replicas, then a version swap under gRPC load on 2."""
@@ -211,8 +244,11 @@ def ray_serve_rows(results: Dict[str, Dict[str, float]], repo: Path, spare: Path
                                (f"Ray Serve gRPC, {tag}", grpc_call(server.grpc_port, row))):
                 drive(args.clients, 2.0, make)  # warm connections and both replicas
                 print(f"{name}: {args.clients} clients x {args.seconds:.0f}s ...", flush=True)
+                before, t0 = cpu_by_role(server.proc.pid), time.monotonic()
                 results[name] = summarize(drive(args.clients, args.seconds, make), args.seconds)
+                after, wall = cpu_by_role(server.proc.pid), time.monotonic() - t0
                 results[name]["failed"] = drive.errors  # type: ignore[attr-defined]
+                results[name]["cores"] = {k: (after[k] - before[k]) / wall for k in after}  # type: ignore[assignment]
             if replicas == 2:
                 swap = ray_swap(server, repo, spare, row, args)
         finally:
@@ -263,7 +299,13 @@ def print_ray_summary(results: Dict[str, Dict[str, float]], swap: Dict[str, floa
                   f"the proxy and the clients)  {'met' if ratio >= 1.6 else 'NOT met'}")
     print(f"  CPU bound: this machine has {cores} core(s) (load average {os.getloadavg()[0]:.1f}) shared by "
           f"{clients} client threads, Ray Serve's proxy, Ray's own processes and every replica; a second "
-          "replica adds no core, so the ratio measures contention here, not scale-out")
+          "replica adds no core, so the ratio measures contention here, not scale-out. Cores busy per row:")
+    for name, r in results.items():
+        if "cores" in r:
+            busy = r["cores"]  # type: ignore[index]
+            per_request = 1000 * sum(busy.values()) / max(r["rps"], 1e-9)
+            print(f"    {name:<38} " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items())  # type: ignore[union-attr]
+                  + f"  = {sum(busy.values()):.2f} cores, {per_request:.1f} CPU ms per request")  # type: ignore[union-attr]
     if swap:
         print(f"Ray Serve swap under load: {swap['requests']} requests, failed: {swap['failed']}; answers from the new "
               f"version {swap['first_new_s']:.2f}s after publishing, last answer from the old one at "
@@ -292,7 +334,7 @@ def main() -> int:
 
         def in_process():
             def call():
-                fn(features=tf.constant(row))["classes"].numpy()
+                fn(features=tf.constant(row))["probabilities"].numpy()
                 return 1
             return call
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuners.algorithms import Designer, make_designer
-from tuners.early_stopping import StopDecision, make_stopping_rule
+from tuners.early_stopping import NoStoppingRule, StopDecision, make_stopping_rule
 from tuners.errors import StudyFailedError
 from tuners.pareto import pareto_front
 from tuners.study_spec import Goal, Measurement, MetricSpec, StudySpec, Trial, TrialStatus
@@ -304,6 +304,8 @@ class Study:
     def should_stop(self, trial_id: int) -> StopDecision:
         """The early stopping rule's decision for an ACTIVE trial."""
         tag = self.spec.metric.tag
+        if isinstance(self._rule, NoStoppingRule):  # no curves to gather: this runs after every measurement
+            return self._rule.should_stop(self.trial(trial_id).curve(tag), [])
         completed = [t.curve(tag) for t in self._with_status(TrialStatus.COMPLETED)]
         return self._rule.should_stop(self.trial(trial_id).curve(tag), completed)
 

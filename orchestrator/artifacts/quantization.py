@@ -266,7 +266,9 @@ def _convert(saved_model_dir: Path, mode: str, *, calibration: Optional[Sequence
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    # serving_default only: a version's classification/regression signatures parse tf.Examples, which TFLite
+    # has no op for, and an on-device model is called with the raw rows anyway.
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["serving_default"])
 
     def run() -> bytes:
         try:

@@ -16,27 +16,28 @@ from typing import Any, List, Optional, Tuple
 
 from orchestrator.errors import ConfigError
 
-#: One directory name: starts with a letter, digit or '_' (so never '.', '..' or hidden) and holds no separator.
-_NAME = re.compile(r"^\w[\w.+=@-]*$")
+#: One directory name: starts with a letter or digit (so never '.', '..' or hidden), holds no separator.
+_NAME = re.compile(r"^[^\W_][\w.-]*$")
 
 
-def check_name(key: str, value: Any, used_as: str) -> None:
-    """Refuse a name with path characters (``/``, ``\\``, ``..``, a leading ``.``) or nothing in it.
+def check_name(key: str, value: Any, what: str, where: str) -> None:
+    """Refuse a name with path characters (``/``, ``\\``, ``..``, a leading ``.``), spaces or nothing in it.
 
-    ``used_as``: what the name becomes, for the message (e.g. "the run directory runs/<experiment.name>/").
+    ``what``/``where``: what the name is and the directory it becomes, for the message ("An experiment name",
+    "runs/<experiment.name>/<time>"). The wording follows the study name's check.
     """
     text = str(value)
     if _NAME.match(text) and ".." not in text:
         return
-    safe = re.sub(r"[^\w.+=@-]+", "_", text).strip("._") or "my_experiment"
-    raise ConfigError(key, value, f"It names {used_as}, so it must be one directory name: letters, digits, '_', '-', "
-                      f"'.', no '/', '\\' or '..' and no leading '.'; e.g. {key}={safe}.")
+    fixed = re.sub(r"[^\w.-]+", "_", text).replace("..", "_").strip("._-") or "my_experiment"
+    raise ConfigError(key, value, f"{what} is one directory name (it becomes {where}): letters, digits, '_', '-' and "
+                      f"'.', starting with a letter or digit, no '/' or '..'. Use e.g. {key}={fixed}.")
 
 
 def check_names(cfg: Any) -> None:
     """``model.name`` and ``experiment.name``: each a single directory name."""
-    check_name("model.name", cfg.model.name, "the model (and, by default, its run and model directories)")
-    check_name("experiment.name", cfg.experiment.name, f"the run directory {cfg.runs_dir}/<experiment.name>/")
+    check_name("model.name", cfg.model.name, "A model name", "part of the default experiment and export names")
+    check_name("experiment.name", cfg.experiment.name, "An experiment name", f"{cfg.runs_dir}/<experiment.name>/<time>")
 
 
 def _limits(existing: Path) -> Tuple[int, int]:
@@ -80,7 +81,7 @@ def check_directory(key: str, value: Any, path: str, *, name_keys: Optional[List
         raise ConfigError(key, value, f"The path {str(target)[:40]}... would be {len(str(target))} bytes long, over this "
                           f"filesystem's limit of {path_max}; use a shorter {key}.")
     if base.exists() and not base.is_dir():
-        raise ConfigError(key, value, f"{base} is a file, so no directory can be created there; choose another {key}, e.g. {key}=runs.")
+        raise ConfigError(key, value, f"{base} is not a directory, so no directory can be created in it; choose another {key}, e.g. {key}=runs.")
     if base == target:
         if not os.access(base, os.W_OK | os.X_OK):
             raise ConfigError(key, value, f"{base} is not writable by this user; choose a directory you can write, e.g. {key}=runs.")

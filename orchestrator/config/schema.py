@@ -216,7 +216,8 @@ class DeployTarget(Choice):
 class DataConfig:
     """Where examples come from and how they are split and batched.
 
-    ``name`` picks the loader: ``digits`` (scikit-learn's bundled 8x8 digits, offline), ``mnist``,
+    ``name`` picks the loader: ``digits`` (scikit-learn's bundled 8x8 digits, offline), ``diabetes``
+    (scikit-learn's bundled regression data, offline; float targets for ``model.head=linear``), ``mnist``,
     ``fashion_mnist``, ``cifar10`` (tf_keras datasets, read from ``cache_dir``) or ``files``
     (``path`` to an .npz, .csv or TFRecord file, local or ``gs://``): all loaded into memory. ``tfrecord``
     and ``csv_shards`` stream sharded files (``train``/``validation``/``test`` patterns) through tf.data

@@ -12,8 +12,10 @@ repository from its URI and polls it on its own.
 
 :meth:`RayServeEngine.stop` takes down only what this process started: the application; Ray Serve itself
 if it was not running before (its controller and proxies are detached actors that would outlive the driver);
-the local Ray if there was no cluster to attach to (Ray's own reaper also stops it should this process be
-killed).
+the local Ray if there was no cluster to attach to. Should this process be killed outright (``kill -9``), the
+local Ray's GCS and raylet die with it (Ray ties them to their parent), taking the controller, the proxies and
+the replicas along; Ray's dashboard and runtime-env agents notice and exit on their own, within about two
+minutes.
 
 A stock TF Serving gRPC client reaches the replicas unchanged while this application is the only one on the
 cluster's Ray Serve: the proxy routes a call without ``application`` metadata to the only application

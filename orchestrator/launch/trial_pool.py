@@ -1,10 +1,11 @@
-"""Warm trial processes: one per parallel slot of a sweep, each forking a fresh child per trial.
+"""Warm trial processes: started once per sweep, each forking a fresh child per trial.
 
 Started as a fresh ``python -m orchestrator.launch.job_process``, every trial pays the interpreter start, the
 imports of Hydra and tfscale and, in the task process, the TensorFlow import: seconds each time. A
-:class:`TrialPool` starts one *warm process* per slot instead (``python -m orchestrator.launch.trial_pool``),
-once per sweep. It imports Hydra and tfscale and, for task functions marked
-:func:`~orchestrator.launch.job_process.warm_start`, TensorFlow and tf_keras
+:class:`TrialPool` starts a *warm process* instead (``python -m orchestrator.launch.trial_pool``), once per
+sweep and per distinct slot environment (slots with their own GPUs each get one). It imports Hydra and
+tfscale and, for task functions marked :func:`~orchestrator.launch.job_process.warm_start`, TensorFlow and
+tf_keras and the modules a trial uses
 (:func:`~orchestrator.launch.warm_task.preload`: nothing lists a device or runs an op, so TensorFlow's runtime
 is not initialised), then waits. For each trial it forks a child that runs the job file exactly as a job
 process does (:func:`~orchestrator.launch.job_process.run_job_file`: Hydra's ``run_job`` with the task
@@ -16,7 +17,7 @@ Guarantees:
 
 - Every trial is a process of its own, in its own session and process group, forked from a warm process
   that never runs a job itself: a trial that crashes, is killed or is stopped leaves its warm process as it
-  was. A warm process that dies anyway fails the trials it was running, and the slot gets a new one.
+  was. A warm process that dies anyway fails the trials it was running, and the next trial gets a new one.
 - A trial gets the driver's environment of the moment it starts (plus its slot's ``CUDA_VISIBLE_DEVICES``).
   TensorFlow was imported with the warm process's environment: a trial whose topology or environment needs
   another value of a variable TensorFlow reads at import time (``warm_task.IMPORT_TIME_PREFIXES``) trains in
@@ -107,10 +108,14 @@ class _WarmProcess:
 
 
 class TrialPool:
-    """One warm process per slot; :meth:`run` starts a trial on a slot, :meth:`wait` reports the ended ones.
+    """Warm processes for the slots of a sweep; :meth:`run` starts a trial on a slot, :meth:`wait` reports the
+    trials that ended.
+
+    Slots whose environments are the same (no GPUs, or the same ones) share one warm process, which forks
+    each of their trials: TensorFlow is imported once per distinct environment, not once per slot.
 
     Args:
-        slot_envs: the environment of each slot's warm process (the driver's, plus the slot's GPUs).
+        slot_envs: the environment of each slot (the driver's, plus the slot's GPUs).
         tensorflow: import TensorFlow in the warm processes (task functions marked ``warm_start``).
         grace: seconds a stopped trial gets between SIGTERM and SIGKILL.
     """
@@ -119,24 +124,25 @@ class TrialPool:
         self.tensorflow = tensorflow
         self.grace = float(grace)
         self._envs = [dict(env) for env in slot_envs]
-        self._slots: List[Optional[_WarmProcess]] = [None] * len(self._envs)
-        self._where: Dict[int, _WarmProcess] = {}  # running job number -> its slot's warm process
+        self._processes: Dict[Tuple[Tuple[str, str], ...], _WarmProcess] = {}
+        self._where: Dict[int, _WarmProcess] = {}  # running job number -> the warm process that forked it
         for slot in range(len(self._envs)):  # their imports run while the driver prepares the first trials
             self._warm(slot)
 
     def _warm(self, slot: int) -> _WarmProcess:
-        process = self._slots[slot]
+        key = tuple(sorted(self._envs[slot].items()))
+        process = self._processes.get(key)
         if process is None or not process.alive:
             if process is not None:
                 process.close(0.0)
-            process = self._slots[slot] = _WarmProcess(self._envs[slot], self.tensorflow, self.grace)
+            process = self._processes[key] = _WarmProcess(self._envs[slot], self.tensorflow, self.grace)
         return process
 
     def run(self, slot: int, num: int, job_file: Path, env: Dict[str, str], log_path: Path) -> None:
         """Start job ``num`` (its job file written) on ``slot``'s warm process, output into ``log_path``."""
         command = ("run", num, str(job_file), dict(env), str(log_path))
         process = self._warm(slot)
-        if not process.send(command):  # it died since its last trial: a new one for this slot
+        if not process.send(command):  # it died since its last trial: a new one
             process.alive = False
             process = self._warm(slot)
             if not process.send(command):
@@ -155,7 +161,7 @@ class TrialPool:
 
         The exit code is None when the job's warm process died under it.
         """
-        processes = [p for p in self._slots if p is not None and p.running]
+        processes = [p for p in self._processes.values() if p.running]
         if not processes:
             if timeout > 0:
                 time.sleep(timeout)
@@ -183,16 +189,15 @@ class TrialPool:
 
     def close(self) -> None:
         """Stop every running trial and every warm process (trials get the grace to record how they ended)."""
-        for process in self._slots:
-            if process is not None:
-                process.close(self.grace if process.running else 0.0)
-        self._slots = [None] * len(self._envs)
+        for process in self._processes.values():
+            process.close(self.grace if process.running else 0.0)
+        self._processes.clear()
         self._where.clear()
 
 
 # -------------------------------------------------------------------------------- warm process side
-def _capture_import_output() -> Tuple[Any, List[Tuple[int, int, Any]]]:
-    """Send fds 1 and 2 to a temporary file while the training stack is imported (see :func:`_replay`)."""
+def _capture_import_output() -> Tuple[Any, List[Tuple[int, int]]]:
+    """Send fds 1 and 2 to a temporary file while the training stack is imported (see :func:`_restore_output`)."""
     import tempfile
 
     sys.stdout.flush()
@@ -249,6 +254,22 @@ def _import_quietly(modules: Sequence[str]) -> None:
             pass
 
 
+def _warm_config_parser() -> None:
+    """Parse the interpolations a job config holds once, here, so each trial inherits the parser's warm caches.
+
+    OmegaConf's grammar (ANTLR) builds its lexer and parser tables lazily, on the first strings it meets: done
+    in every forked trial, that costs tenths of a second of each trial's start.
+    """
+    from omegaconf import grammar_parser
+
+    for text in ("${a}", "${a.b.c}", "x_${a}_y", "${a}/${b.c}", "${oc.env:HOME,null}", "${hydra:runtime.output_dir}",
+                 "${now:%Y-%m-%d_%H-%M-%S}", "trial_${hydra.job.num}", "${oc.select:a.b,1.0e-3}", "[a, 1]", "{a: 1}"):
+        try:
+            grammar_parser.parse(text)
+        except Exception:  # a form this OmegaConf does not know: nothing to warm
+            pass
+
+
 def _trial_main(job_file: str, env: Dict[str, str], log_path: str, import_output: bytes,
                 import_env: Optional[Dict[str, str]], close_fds: Sequence[int]) -> int:
     """Body of a trial forked by a warm process: output into its log, the driver's environment, run the job."""
@@ -291,6 +312,7 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
         import hydra.core.utils  # noqa: F401
 
         import orchestrator.launch.job_process  # noqa: F401
+        _warm_config_parser()
         if tensorflow:
             warm_task.preload()
             _import_quietly(TRIAL_MODULES)

@@ -282,7 +282,7 @@ def _preload_data(cfg: ExperimentConfig) -> Any:
     Loading (scikit-learn's import alone takes most of a second) then overlaps the child's TensorFlow
     import instead of following it. Errors are the same as in the task: they name the ``data.*`` key.
     """
-    from orchestrator.training.data import load_splits, loads_without_tensorflow
+    from orchestrator.training.data import load_splits, loads_without_tensorflow, targets_are_values
 
     try:
         cores = len(os.sched_getaffinity(0))
@@ -290,7 +290,7 @@ def _preload_data(cfg: ExperimentConfig) -> Any:
         cores = os.cpu_count() or 1
     if cores < 2 or not loads_without_tensorflow(cfg.data):
         return None
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, values=targets_are_values(cfg))
     if splits.nbytes > MAX_SENT_DATA_BYTES:
         return None
     import logging

@@ -103,15 +103,16 @@ def _read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def _load_files(d: DataConfig) -> Tuple[np.ndarray, np.ndarray]:
+def _load_files(d: DataConfig, values: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     fmt = data_format(d.path, d.format)
+    target = "float32" if values else "int64"
     if fmt == DataFormat.npz:
         with np.load(io.BytesIO(_read_bytes(d.path))) as npz:
             for key in (d.features_key, d.label_key):
                 if key not in npz:
                     k = "data.features_key" if key == d.features_key else "data.label_key"
                     raise ConfigError(k, key, f"{d.path} has arrays {sorted(npz.files)}; set {k} to one of them.")
-            return npz[d.features_key].astype("float32"), npz[d.label_key].astype("int64")
+            return npz[d.features_key].astype("float32"), npz[d.label_key].astype(target)
     if fmt == DataFormat.csv:
         text = _read_bytes(d.path).decode()
         header = text.splitlines()[0].split(",")
@@ -119,12 +120,13 @@ def _load_files(d: DataConfig) -> Tuple[np.ndarray, np.ndarray]:
             raise ConfigError("data.label_key", d.label_key, f"{d.path} has columns {header}; set data.label_key to the label column.")
         table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype="float32", ndmin=2)
         col = header.index(d.label_key)
-        return np.delete(table, col, axis=1), table[:, col].astype("int64")
+        return np.delete(table, col, axis=1), table[:, col].astype(target)
     from orchestrator.runtime.tf_env import import_tensorflow
 
     tf = import_tensorflow()
     shape = list(d.feature_shape)
-    spec = {d.features_key: tf.io.FixedLenFeature(shape, tf.float32), d.label_key: tf.io.FixedLenFeature([], tf.int64)}
+    spec = {d.features_key: tf.io.FixedLenFeature(shape, tf.float32),
+            d.label_key: tf.io.FixedLenFeature([], tf.float32 if values else tf.int64)}
     xs, ys = [], []
     for rec in tf.data.TFRecordDataset([d.path]):
         ex = tf.io.parse_single_example(rec, spec)
@@ -132,7 +134,7 @@ def _load_files(d: DataConfig) -> Tuple[np.ndarray, np.ndarray]:
         ys.append(ex[d.label_key].numpy())
     if not xs:
         raise ConfigError("data.path", d.path, "The TFRecord file holds no examples.")
-    return np.stack(xs).astype("float32"), np.asarray(ys, dtype="int64")
+    return np.stack(xs).astype("float32"), np.asarray(ys, dtype=target)
 
 
 def loads_without_tensorflow(d: DataConfig) -> bool:
@@ -151,8 +153,12 @@ def loads_without_tensorflow(d: DataConfig) -> bool:
         return False
 
 
-def load_splits(d: DataConfig) -> Splits:
-    """Load ``data`` and split it into train/validation/test with ``data.shuffle_seed``."""
+def load_splits(d: DataConfig, *, values: bool = False) -> Splits:
+    """Load ``data`` and split it into train/validation/test with ``data.shuffle_seed``.
+
+    ``values``: the targets are values to regress (``model.head=linear``, see :func:`targets_are_values`), so
+    ``data=files`` keeps its labels as float32 instead of class ids.
+    """
     test = None
     if d.name == DataName.digits:
         from sklearn.datasets import load_digits
@@ -169,8 +175,15 @@ def load_splits(d: DataConfig) -> Splits:
         x, y = x.astype("float32"), y.reshape(-1).astype("int64")
         test = (test[0].astype("float32"), test[1].reshape(-1).astype("int64"))
     else:
-        x, y = _load_files(d)
+        x, y = _load_files(d, values)
     return split_arrays(x, y, d, test=test)
+
+
+def targets_are_values(cfg: Any) -> bool:
+    """Whether ``cfg``'s model regresses values (its targets load as float32), from ``model.head``."""
+    from orchestrator.config.heads import PredictionKind, prediction_kind
+
+    return prediction_kind(cfg) == PredictionKind.regression
 
 
 def split_arrays(x: np.ndarray, y: np.ndarray, d: DataConfig, *, test: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Splits:

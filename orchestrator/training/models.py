@@ -201,6 +201,14 @@ def build_model(cfg: ExperimentConfig, input_shape: Sequence[int], num_classes: 
         x = layer(x)
     outputs = _head(cfg, keras, x, num_classes, target)
     model = keras.Model(inputs, outputs, name=cfg.model.name)
-    model.compile(optimizer=_optimizer(keras, cfg.model.optimizer), loss=cfg.model.loss, metrics=list(cfg.model.metrics),
+    model.compile(optimizer=_optimizer(keras, cfg.model.optimizer), loss=cfg.model.loss, metrics=_metrics(cfg, keras),
                   steps_per_execution=cfg.strategy.steps_per_execution)
     return model
+
+
+def _metrics(cfg: ExperimentConfig, keras: Any) -> list:
+    """``model.metrics`` for the head: tf_keras reads "accuracy" from the label shape, which for multi-hot
+    labels means the argmax match; a sigmoid head's accuracy is per label (still named as configured)."""
+    if cfg.model.head != ModelHead.sigmoid:
+        return list(cfg.model.metrics)
+    return [keras.metrics.BinaryAccuracy(name=str(m)) if str(m) in ("accuracy", "acc") else m for m in cfg.model.metrics]

@@ -507,9 +507,9 @@ def load_source(tf: Any, cfg: ExperimentConfig, *, run_dir: Optional[Path] = Non
         return StreamingSource(tf, cfg.data, batch_size=int(cfg.trainer.batch_size), seed=int(cfg.trainer.seed), count_cache=cache)
     if splits is not None:
         return splits
-    from orchestrator.training.data import load_splits
+    from orchestrator.training.data import load_splits, targets_are_values
 
-    return load_splits(cfg.data)
+    return load_splits(cfg.data, values=targets_are_values(cfg))
 
 
 def profile_input(tf: Any, source: Any, train_ds: Any, *, batch_size: int, replicas: int, pipelines: int,

@@ -137,19 +137,24 @@ class TestParameterServer(_Suite):
 
 
 def _tpu_here() -> bool:
-    return bool(os.environ.get("TPU_NAME")) or any(os.path.exists(f"/dev/accel{i}") for i in range(4))
+    from strategies.devices import local_tpu_devices
+
+    return bool(os.environ.get("TPU_NAME")) or bool(local_tpu_devices())
 
 
 class TestTPU(_Suite):
     name = "tpu"
 
     def valid_contexts(self):
-        return [valid("strategy=tpu"), valid("strategy=tpu", "strategy.tpu=grpc://10.240.1.2:8470")]
+        local = [valid("strategy=tpu")] if _tpu_here() else []  # strategy.tpu=local needs a TPU device here
+        return local + [valid("strategy=tpu", "strategy.tpu=grpc://10.240.1.2:8470"), valid("strategy=tpu", "strategy.tpu=my-tpu")]
 
     def invalid_contexts(self):
-        return [invalid(["strategy=tpu", "strategy.tpu=null"], "strategy.tpu", None),
-                invalid(["strategy=tpu", "strategy.tpu=grpc://10.240.1.2"], "strategy.tpu", "grpc://10.240.1.2"),
-                invalid(["strategy=tpu", "cluster=workers_2"], "cluster", "workers_2")]
+        no_device = [] if _tpu_here() else [invalid(["strategy=tpu"], "strategy.tpu", "local")]
+        return no_device + [
+            invalid(["strategy=tpu", "strategy.tpu=null"], "strategy.tpu", None),
+            invalid(["strategy=tpu", "strategy.tpu=grpc://10.240.1.2"], "strategy.tpu", "grpc://10.240.1.2"),
+            invalid(["strategy=tpu", "strategy.tpu=my-tpu", "cluster=workers_2"], "cluster", "workers_2")]
 
     def expected_replicas(self, ctx):
         return 1

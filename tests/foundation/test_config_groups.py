@@ -9,6 +9,7 @@ import pytest
 from orchestrator.config.compose import CONF_DIR, compose
 from orchestrator.errors import ConfigError
 from orchestrator.config.validation import validate
+from strategies.devices import local_tpu_devices
 
 # Options that need hardware or a cluster this machine's default config does not have; they must fail
 # validation with a ConfigError (never silently run), and compose cleanly.
@@ -22,6 +23,10 @@ NEEDS_MORE = {
     ("backend", "processes"), ("backend", "ray"),  # launch clusters: need a cluster option too
     ("data", "diabetes"), ("model", "mlp_regressor"),  # regression: together (experiment=diabetes_regression)
 }
+# A cluster needs a backend that launches its tasks (backend=local would train alone and ignore them).
+NEEDS_MORE |= {("cluster", c) for c in ("chief_workers_2", "ps_2x1", "ps_2x1_eval", "spec_workers_2", "workers_2")}
+if not local_tpu_devices():
+    NEEDS_MORE.add(("strategy", "tpu"))  # strategy.tpu=local needs a Cloud TPU VM
 if not shutil.which("tensorflowjs_converter"):
     NEEDS_MORE.add(("deploy", "tfjs"))  # the converter lives in its own environment
 

@@ -42,6 +42,26 @@ INVALID = [
     (["quantization.mode=foo"], "quantization.mode", "foo", "none, dynamic, float16, int8, qat"),
     (["backend.name=nowhere"], "backend.name", "nowhere", "local, processes, ray, vertex"),
     (["topology.on_missing_gpu=ignore"], "topology.on_missing_gpu", "ignore", "error, cpu_fallback"),
+    # no TPU device on this machine and no TPU address
+    (["strategy=tpu"], "strategy.tpu", "local", "strategy.tpu=grpc://"),
+    # names that become directories, and directories that cannot be created
+    (["experiment.name=../x"], "experiment.name", "../x", "experiment.name=x"),
+    (["model.name=a/b"], "model.name", "a/b", "model.name=a_b"),
+    ([f"experiment.name={'n' * 300}"], "experiment.name", "n" * 300, "use a shorter experiment.name"),
+    (["runs_dir=/proc/tfscale_runs"], "runs_dir", "/proc/tfscale_runs", "choose a directory you can write"),
+    (["runs_dir=/dev/null"], "runs_dir", "/dev/null", "is not a directory"),
+    (["export.model_base=/proc/tfscale_models"], "export.model_base", "/proc/tfscale_models", "choose a directory you can write"),
+    # Hydra's grammar reads non-ASCII only quoted
+    (["experiment.name=é"], "experiment.name", "é", 'experiment.name="é"'),
+    # clusters: counts set to 0, the README's spec form on the default cluster=none and backend=local
+    (["cluster=workers_2", "cluster.worker.count=0", "backend=processes", "strategy=multi_worker_mirrored"],
+     "cluster.worker.count", "0", "cluster.worker.count=2"),
+    (['cluster.spec={worker: ["127.0.0.1:0", "127.0.0.1:0"]}'], "backend", "local", "backend=processes strategy=multi_worker_mirrored"),
+    # targets outside the allowed modules, refused before anything is imported
+    (["model.layers.0._target_=os.system"], "model.layers[0]._target_", "os.system", "model.allowed_modules"),
+    (["+model.layers.1.kernel_regularizer={_target_: shutil.rmtree, path: x}"], "model.layers[1].kernel_regularizer._target_",
+     "shutil.rmtree", "model.allow_any_target=true"),
+    (["model.builder=os:system"], "model.builder", "os:system", "model.allowed_modules"),
 ]
 
 
@@ -64,6 +84,15 @@ def test_invalid_config_is_refused(tfscale, overrides, key, value, fix):
     assert result.seconds < 1.0, f"took {result.seconds:.2f}s"
     assert not (tfscale.cwd / "models").exists()
     assert not (tfscale.cwd / "runs").exists()
+
+
+def test_the_readme_cluster_spec_form_composes_on_cluster_none():
+    from orchestrator.config.compose import compose
+    from orchestrator.config.validation import validate
+
+    cfg = compose(['cluster.spec={worker: ["127.0.0.1:0", "127.0.0.1:0"]}', "backend=processes", "strategy=multi_worker_mirrored"])
+    assert cfg.cluster.name == "none" and list(cfg.cluster.spec.worker) == ["127.0.0.1:0", "127.0.0.1:0"]
+    assert validate(cfg)["replicas"] == 2
 
 
 def test_distinct_invalid_cases():

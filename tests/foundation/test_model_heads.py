@@ -63,3 +63,21 @@ def test_the_cli_answers_in_one_line(tfscale):
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "'model.loss'" in message and "model.loss=mse" in message
     assert not (tfscale.cwd / "runs").exists() and not (tfscale.cwd / "models").exists()
+
+
+def test_regression_targets_load_as_values(tmp_path):
+    import numpy as np
+
+    from orchestrator.training.data import load_splits, targets_are_values
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "values.npz", x=rng.random((100, 4)).astype("float32"), y=rng.normal(150.0, 70.0, 100))
+    cfg = compose(["data=files", f"data.path={tmp_path / 'values.npz'}", "model=mlp_regressor"])
+    validate(cfg)
+    assert targets_are_values(cfg)
+    splits = load_splits(cfg.data, values=True)
+    assert splits.y_train.dtype == np.float32 and splits.num_classes == 1
+    offset, spread = splits.target_stats
+    assert 100 < offset < 200 and 40 < spread < 100  # the linear head learns standardised targets
+    assert load_splits(compose(["data=diabetes"]).data).target_stats is not None
+    assert load_splits(compose([]).data).target_stats is None  # class ids: no standardising

@@ -96,7 +96,8 @@ def test_a_builder_model_qat_cannot_wrap_fails_before_training(tfscale):
         "def build(input_shape, num_classes):\n"
         "    import tf_keras\n"
         "    return tf_keras.layers.LayerNormalization()\n")
-    run = tfscale("quantization=qat", "model.builder=ln_model:build", *TRAIN, env={"PYTHONPATH": str(tfscale.cwd)})
+    run = tfscale("quantization=qat", "model.builder=ln_model:build", "model.allowed_modules=[tf_keras,ln_model]", *TRAIN,
+                  env={"PYTHONPATH": str(tfscale.cwd)})
     assert run.returncode == 2, run.output
     assert "'model.builder' = 'ln_model:build'" in run.stderr
     assert "LayerNormalization" in run.stderr and "quantization=int8" in run.stderr

@@ -76,6 +76,34 @@ def _processes_in(directory: Path) -> list:
     return found
 
 
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_a_trial_config_is_what_hydra_composes(tmp_path):
+    """The driver composes a study's shared overrides once and applies each trial's to a copy: the result is
+    the config Hydra composes from scratch, and a trial that picks a config group is composed by Hydra."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import OmegaConf
+
+    from orchestrator.config.compose import CONF_DIR
+    from orchestrator.config.schema import register_configs
+    from orchestrator.launch.hydra_launchers import JobComposer, compose_job
+
+    register_configs()
+    base = ["study=digits_lr_units", "trainer.epochs=2", f"hydra.sweep.dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", base, RunMode.MULTIRUN)
+        context = HydraContext(config_loader=loader, callbacks=None)
+        composer = JobComposer(context, master, base)
+        for num, trial in enumerate([["model.optimizer.learning_rate=0.013", "model.layers.1.units=59"],
+                                     ["model.layers.1.units=17", "+model.layers.1.use_bias=false"],
+                                     ["model=cnn"]]):
+            fast, full = composer.compose(base + trial, num), compose_job(context, master, base + trial, num)
+            assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(full), trial
+            assert fast.hydra.job.num == num and list(fast.hydra.overrides.task)[-len(trial):] == trial
+
+
 @pytest.mark.slow
 def test_trials_of_very_different_lengths_keep_both_slots_busy(tmp_path):
     conf = _study(tmp_path, "epochs_1_to_8", """\

@@ -93,8 +93,8 @@ def check_convertible(cfg: ExperimentConfig, saved_model_dir: Path, work_dir: Pa
                                   f"deploy.tfjs.timeout_s={d.timeout_s}s.") from exc
         ops = unsupported_ops(proc.stdout + "\n" + proc.stderr)
         if ops:
-            raise ConfigError("deploy.target", "tfjs", f"Replace the layers that use them, or publish without TF.js "
-                              f"(deploy=none).", problem=f"TF.js has no kernel for op(s) {', '.join(ops)} of this model")
+            raise ConfigError("deploy.target", "tfjs", "Replace the layers that use them, or publish without TF.js "
+                              "(deploy=none).", problem=f"TF.js has no kernel for op(s) {', '.join(ops)} of this model")
         if proc.returncode != 0:
             tail = " ".join(proc.stderr.strip().splitlines()[-1:])[:300]
             raise TaskFailedError(f"tensorflowjs_converter ({d.converter}) exited with {proc.returncode} converting the "

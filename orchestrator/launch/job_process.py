@@ -3,10 +3,12 @@
 tfscale's Hydra launchers run a job the way Hydra's own launchers do — ``hydra.core.utils.run_job`` with the
 task function Hydra handed them and the job's config, composed once in the driver — but never in the
 driver's process: a trial's device topology must be applied before TensorFlow initialises, which only a
-fresh process allows. The launcher writes the job file (cloudpickle: the task function, the job's config,
+process of its own allows. The launcher writes the job file (cloudpickle: the task function, the job's config,
 the :class:`~hydra.types.HydraContext` and Hydra's singletons, which carry the config store and custom
-resolvers) and starts this module on it; it restores the singletons, runs the job and pickles the
-:class:`~hydra.core.utils.JobReturn` back next to the job file. A Ray worker calls :func:`execute` directly.
+resolvers) and starts this module on it, or hands it to a warm trial process whose forked child runs it
+(:mod:`orchestrator.launch.trial_pool`); either way :func:`run_job_file` restores the singletons, runs the job
+and pickles the :class:`~hydra.core.utils.JobReturn` back next to the job file. A Ray worker calls
+:func:`execute` directly.
 
 ``--warm`` (for task functions marked with :func:`warm_start`) forks the warm task process first, so
 TensorFlow is imported while this process unpickles the job and Hydra writes the job's files.

@@ -22,6 +22,10 @@ Guarantees:
   :mod:`orchestrator.runtime.supervisor`), and the parent stops and reaps it on every way out — success,
   failure, Ctrl-C, SIGTERM — so no process is left behind.
 - ``TFSCALE_WARM_TASK=0`` turns the fork off (every run then spawns its task process).
+
+A study's trial forked by a warm trial process (:mod:`orchestrator.launch.trial_pool`) has TensorFlow imported
+already: it forks its task process from that state (:func:`fork_imported`), which starts training at once;
+the same import-time check decides whether the run may use it.
 """
 from __future__ import annotations
 

@@ -200,3 +200,24 @@ def test_a_crashing_trial_does_not_take_the_pool_down(tmp_path):
         if row["status"] == "FAILED":
             assert "exited with code 3" in row["error"], row["error"]
     assert not _processes_in(tmp_path), _processes_in(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_trial_whose_topology_sets_import_time_variables_trains_in_a_fresh_process(tmp_path):
+    # topology.gpus=[] sets CUDA_VISIBLE_DEVICES=-1, which TensorFlow reads when it is imported: the warm
+    # process imported it without, so the trial spawns its task process with the variable in place.
+    conf = _study(tmp_path, "fresh", """\
+        metric: {tag: accuracy, goal: MAXIMIZE}
+        max_trials: 1
+        algorithm: RANDOM_SEARCH
+        parameters:
+          - {name: units, type: INTEGER, min: 16, max: 32, key: model.layers.1.units}
+        """)
+    result = run_tfscale(["-m", "-cd", str(conf), "study=fresh", "topology.gpus=[]", "trainer.epochs=1",
+                          "data.limit=300", *CHEAP], tmp_path, timeout=600)
+    assert result.returncode == 0, result.output
+    trial = tmp_path / "runs" / "studies" / "fresh" / "trial_0"
+    assert [r["status"] for r in _rows(trial.parent)] == ["COMPLETED"]
+    log = (trial / "tfscale.log").read_text()
+    assert "spawned task process instead of the warm one: CUDA_VISIBLE_DEVICES=-1" in log, log
+    assert not _processes_in(tmp_path), _processes_in(tmp_path)

@@ -14,7 +14,7 @@ training meets it: the layer's constructor, the first step, or the conversion af
 ``--epochs`` epochs if they get that far. For each: wall seconds to the error, exit status, whether an epoch
 was logged and a version published, and the error's first line; then the ratio without / pre-flight.
 
-Usage: ``python benchmarks/failfast.py [--epochs 40] [--repeats 1]``.
+Usage: ``python benchmarks/failfast.py [--epochs 150] [--repeats 1]``.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def attempt(args: list, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=40, help="epochs of both runs (the late errors come after them)")
+    parser.add_argument("--epochs", type=int, default=150, help="epochs of both runs (the late errors come after them)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     results = {name: {"pre-flight": [], "without": []} for name in CASES}

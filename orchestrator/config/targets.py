@@ -15,8 +15,9 @@ does not show.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from orchestrator.errors import ConfigError
 
@@ -81,7 +82,7 @@ def _nested_targets(node: Any, key: str) -> Iterator[Tuple[str, Any]]:
                 yield f"{key}._target_", v
             else:
                 yield from _nested_targets(v, f"{key}.{k}")
-    elif isinstance(node, (list, tuple)) or (hasattr(node, "__iter__") and not isinstance(node, (str, bytes)) and hasattr(node, "__len__")):
+    elif isinstance(node, Sequence) and not isinstance(node, (str, bytes)):  # a list, or OmegaConf's ListConfig
         for i, v in enumerate(node):
             yield from _nested_targets(v, f"{key}[{i}]")
 

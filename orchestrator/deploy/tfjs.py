@@ -84,6 +84,7 @@ def check_convertible(cfg: ExperimentConfig, saved_model_dir: Path, work_dir: Pa
     ``work_dir``, and remove the result: before training, ops TF.js lacks are a ConfigError naming them."""
     d = cfg.deploy.tfjs
     out = Path(work_dir) / "tfjs"
+    out.mkdir(parents=True, exist_ok=True)  # as deploy() gives it its staging directory
     command = converter_command(d.converter) + conversion_args(d, Path(saved_model_dir), out)
     try:
         try:

@@ -310,6 +310,26 @@ class _BaseLauncher(Launcher):
 
 
 # --------------------------------------------------------------------------------------- processes
+def prepare(config: DictConfig, task_function: TaskFunction) -> None:
+    """Let the launcher ``config`` selects get ready before it is instantiated.
+
+    A sweeper calls this first thing: with tfscale's processes launcher (``warm``), the warm trial process is
+    started now, with this process's environment, and its imports overlap the sweeper's own preparation; the
+    launcher's pool adopts it (see :func:`orchestrator.launch.trial_pool.prestart`). Other launchers: nothing.
+    """
+    launcher = OmegaConf.select(config, "hydra.launcher")
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if launcher is None or not target.startswith("hydra_plugins.tfscale_sweeper.") \
+            or not target.endswith(".ProcessesLauncher") or not hasattr(os, "fork") \
+            or not bool(launcher.get("warm", True)):
+        return
+    from orchestrator.launch import warm_task
+    from orchestrator.launch.trial_pool import prestart
+
+    tensorflow = job_process.wants_warm_start(task_function) and warm_task.enabled()
+    prestart(dict(os.environ), tensorflow=tensorflow, grace=float(launcher.get("stop_timeout_s", 10.0)))
+
+
 @dataclass
 class _Running:
     job: Job
@@ -414,7 +434,7 @@ class ProcessesLauncher(_BaseLauncher):
                 self.stop(num)
         codes: Dict[int, Optional[int]] = {}
         fresh = [r for r in self._running.values() if r.child is not None]
-        wait = min(timeout, 0.05) if fresh or any(r.stopping for r in self._running.values()) else timeout
+        wait = min(timeout, 0.05) if fresh else timeout  # a warm process reports its trials' ends itself
         if self._pool is not None:
             codes.update(self._pool.wait(wait))
         elif wait > 0:
@@ -564,6 +584,9 @@ class RayLauncher(_BaseLauncher):
         return 0.0
 
     def _open(self, parallel: int) -> int:
+        from orchestrator.launch.trial_pool import discard_prestarted
+
+        discard_prestarted()
         self.stop()
         self._ray()
         return parallel

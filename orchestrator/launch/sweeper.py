@@ -158,9 +158,12 @@ class StudySweeper(Sweeper):
         self._dir_overrides: List[str] = []  # the study's hydra.sweep.dir/subdir, for each trial's job config
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from orchestrator.launch.hydra_launchers import prepare
+
         self.config = config
         self.hydra_context = hydra_context
         self._task_function = task_function
+        prepare(config, task_function)  # the launcher's warm trial process imports while the study is set up
 
     # -- entry point ------------------------------------------------------------------------------
     def sweep(self, arguments: List[str]) -> Any:

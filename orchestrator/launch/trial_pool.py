@@ -43,9 +43,13 @@ from orchestrator.runtime import supervisor
 
 # ------------------------------------------------------------------------------------- driver side
 class _WarmProcess:
-    """The driver's handle of one slot's warm process: a command pipe in, a reply pipe out."""
+    """The driver's handle of one warm process: a command pipe in, a reply pipe out.
 
-    def __init__(self, env: Dict[str, str], tensorflow: bool, grace: float) -> None:
+    ``exit_grace``: seconds it gets between SIGTERM and SIGKILL if it is still there when the driver's
+    interpreter exits (a pool closes its processes itself, with the trials' grace).
+    """
+
+    def __init__(self, env: Dict[str, str], tensorflow: bool, grace: float, exit_grace: Optional[float] = None) -> None:
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
         argv = [sys.executable, "-m", "orchestrator.launch.trial_pool", "--commands", str(commands_r),
@@ -53,7 +57,8 @@ class _WarmProcess:
         try:
             # SIGTERM when the driver dies: the warm process stops its trials gracefully before it exits.
             self.child = supervisor.start(argv, env=env, pass_fds=(commands_r, replies_w), cwd=os.getcwd(),
-                                          death_signal=signal.SIGTERM, exit_grace=grace + 1.0)
+                                          death_signal=signal.SIGTERM,
+                                          exit_grace=grace + 1.0 if exit_grace is None else exit_grace)
         except BaseException:
             os.close(self._commands)
             os.close(self._replies)
@@ -61,9 +66,10 @@ class _WarmProcess:
         finally:
             os.close(commands_r)
             os.close(replies_w)
-        self.env = env
+        self.key = (tuple(sorted(env.items())), bool(tensorflow), float(grace))
         self.running: set = set()  # job numbers running in it
         self.alive = True
+        self._closed = False
 
     def fileno(self) -> int:
         return self._replies
@@ -90,21 +96,49 @@ class _WarmProcess:
             return None
 
     def close(self, grace: float) -> None:
-        """Tell the warm process to quit (it stops its trials within ``grace``) and reap it."""
-        if self.alive:
-            self.alive = False
+        """Tell the warm process to quit (it stops its trials within ``grace``) and reap it (idempotent)."""
+        self.alive = False
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._commands)  # end of file on its command pipe: it stops its trials and quits
+        if self.running:
             try:
-                os.close(self._commands)  # end of file on its command pipe: it stops its trials and quits
-            except OSError:
+                self.child.wait(grace + 2.0)
+            except supervisor.TimeoutExpired:
                 pass
-        try:
-            self.child.wait(grace + 2.0)
-        except supervisor.TimeoutExpired:
-            self.child.stop(0.0, sig=signal.SIGKILL)
-        try:
-            os.close(self._replies)
-        except OSError:
-            pass
+        self.child.stop(0.0, sig=signal.SIGKILL)  # no trial of it is left (or it took too long): nothing to lose
+        os.close(self._replies)
+
+
+_prestarted: Optional[_WarmProcess] = None
+
+
+def prestart(env: Dict[str, str], *, tensorflow: bool, grace: float) -> None:
+    """Start a warm process now, before the sweep's pool exists, for the pool to adopt when its slots have this
+    environment: its imports then overlap the driver's own preparation (composing, validating, opening the
+    study). Until adopted it is killed outright when the driver exits, so an early error still ends at once."""
+    global _prestarted
+    if _prestarted is None:
+        _prestarted = _WarmProcess(env, tensorflow, grace, exit_grace=0.0)
+
+
+def discard_prestarted() -> None:
+    """Stop the prestarted warm process if no pool adopted it (a launcher that does not use it)."""
+    global _prestarted
+    process, _prestarted = _prestarted, None
+    if process is not None:
+        process.close(0.0)
+
+
+def _adopt(key: Tuple[Any, ...]) -> Optional[_WarmProcess]:
+    global _prestarted
+    process = _prestarted
+    if process is None or process.key != key or not process.alive:
+        return None
+    _prestarted = None
+    process.child.exit_grace = float(key[2]) + 1.0
+    return process
 
 
 class TrialPool:
@@ -128,6 +162,7 @@ class TrialPool:
         self._where: Dict[int, _WarmProcess] = {}  # running job number -> the warm process that forked it
         for slot in range(len(self._envs)):  # their imports run while the driver prepares the first trials
             self._warm(slot)
+        discard_prestarted()  # started for slots that turned out to need another environment
 
     def _warm(self, slot: int) -> _WarmProcess:
         key = tuple(sorted(self._envs[slot].items()))
@@ -135,7 +170,10 @@ class TrialPool:
         if process is None or not process.alive:
             if process is not None:
                 process.close(0.0)
-            process = self._processes[key] = _WarmProcess(self._envs[slot], self.tensorflow, self.grace)
+            process = _adopt((key, self.tensorflow, self.grace))
+            if process is None:
+                process = _WarmProcess(self._envs[slot], self.tensorflow, self.grace)
+            self._processes[key] = process
         return process
 
     def run(self, slot: int, num: int, job_file: Path, env: Dict[str, str], log_path: Path) -> None:
@@ -385,7 +423,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--grace", type=float, default=10.0, help="seconds a trial gets between SIGTERM and SIGKILL")
     parser.add_argument("--tensorflow", action="store_true", help="import TensorFlow before the first trial")
     args = parser.parse_args(argv)
-    code = warm_process_main(args.commands, args.replies, args.tensorflow, args.grace)
+    try:
+        code = warm_process_main(args.commands, args.replies, args.tensorflow, args.grace)
+    except KeyboardInterrupt as exc:  # SIGTERM while it was still importing: it had no trial yet
+        code = supervisor.exit_code(exc)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # no interpreter tear-down of a process holding TensorFlow

@@ -183,15 +183,18 @@ def explain_failure(key: str, cls: Any, kwargs: Mapping[str, Any], exc: BaseExce
     takes (from its signature), else the layer's own first line."""
     accepted, is_open = accepted_arguments(cls, keras)
     name = getattr(cls, "__name__", str(cls))
+    said = str(exc)
     if not is_open:
         for arg in kwargs:
-            if arg not in accepted:
+            # Named in the error too ("Keyword argument not understood", "unexpected keyword argument"): a layer
+            # may take an argument its signature does not show (popped from **kwargs).
+            if arg not in accepted and repr(arg)[1:-1] in said:
                 near = difflib.get_close_matches(arg, list(accepted), n=1, cutoff=0.6)
                 hint = f"Did you mean '{near[0]}'? " if near else ""
                 shown = [a for a in accepted if a not in BASE_LAYER_ARGUMENTS][:14]
                 return ConfigError(f"{key}.{arg}", kwargs[arg], f"{name} takes no argument '{arg}'. {hint}Its arguments: "
                                    f"{', '.join(shown)} (and Keras' name, dtype, trainable, ...).")
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = (said.strip().splitlines() or [type(exc).__name__])[0]
     return ConfigError(key, {"_target_": target or name, **kwargs},
                        f"{name} could not be built: {first}".rstrip(".") + ". Check its arguments.")
 

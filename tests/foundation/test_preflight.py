@@ -104,7 +104,10 @@ def test_argument_checks_follow_the_layer_signature():
         check_arguments("k", keras.layers.Conv2D, {"filters": 4, "kernel_size": "3"}, keras)
     with pytest.raises(ConfigError, match="a number"):
         check_arguments("k", keras.layers.Dropout, {"rate": "0.5"}, keras)
-    err = explain_failure("k", keras.layers.Conv2D, {"filters": 4, "kernel_size": 3, "paddding": "same"}, TypeError(), keras)
+    try:
+        keras.layers.Conv2D(filters=4, kernel_size=3, paddding="same")
+    except TypeError as exc:
+        err = explain_failure("k", keras.layers.Conv2D, {"filters": 4, "kernel_size": 3, "paddding": "same"}, exc, keras)
     assert err.key == "k.paddding" and "Did you mean 'padding'?" in str(err)
 
 

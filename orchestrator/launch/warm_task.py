@@ -353,7 +353,7 @@ def preload() -> None:
         import orchestrator.training.data  # noqa: F401
         import orchestrator.training.models  # noqa: F401
         import orchestrator.artifacts.export  # noqa: F401
-    except Exception:  # whatever failed fails again, with its proper error, when the task runs
+    except (Exception, SystemExit):  # whatever failed fails again, with its proper error, when the task runs
         pass
 
 

@@ -286,7 +286,10 @@ def _start_hparams_session(run_dir: Path, overrides: Optional[list], started: fl
     from tuners.hparams import HParamsSession, overrides_as_hparams
 
     session = HParamsSession(run_dir / "tensorboard")
-    session.start(overrides_as_hparams(overrides or []), start_time=started)
+    from orchestrator.artifacts.redact import redact_args
+
+    # Event files are shared and uploaded like any log: a secret given as an override never reaches them.
+    session.start(overrides_as_hparams(redact_args(overrides or [])), start_time=started)
     return session
 
 

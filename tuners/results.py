@@ -15,7 +15,7 @@ from tuners.study import Study
 from tuners.study_report import BEST_COLOUR, STATUS_COLOURS, render_html
 from tuners.study_spec import Goal, ParameterType, ScaleType, Trial, TrialStatus, format_override_value
 
-__all__ = ["PLOTS_MISSING", "progress_line", "write_results"]
+__all__ = ["PLOTS_MISSING", "preload_plotting", "progress_line", "write_results"]
 
 _log = logging.getLogger("tuners.results")
 _PNG_NAMES = ("objective.png", "parameters.png", "learning_curves.png")
@@ -160,6 +160,21 @@ def _parameter_figure(study: Study):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def preload_plotting() -> None:
+    """Import matplotlib (Agg) and what the plots use, so that ``write_results(plots=True)`` only draws.
+
+    Importing matplotlib takes most of a second; a driver calls this on a background thread while its trials
+    run, and the end of the study no longer waits for it. Does nothing when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.ticker  # noqa: F401
 
 
 def _plot(study: Study, out_dir: Path) -> dict[str, Path]:

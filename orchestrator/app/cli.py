@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -59,10 +60,10 @@ def split_args(argv: Sequence[str]) -> Tuple[List[str], dict]:
     return overrides, flags
 
 
-def _compose_sweep_base(overrides: Sequence[str], flags: dict) -> None:
+def _compose_sweep_base(overrides: Sequence[str], flags: dict) -> Any:
     """Compose a sweep's overrides without its sweep values, so that a bad option, key or value is one line
     naming it, as for a single run; Hydra would otherwise print its own composition exception. The sweeper
-    then validates each trial's config."""
+    then validates each trial's config. Returns the composed config, ``hydra`` node included."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = normalize_overrides(overrides)
@@ -71,21 +72,23 @@ def _compose_sweep_base(overrides: Sequence[str], flags: dict) -> None:
     except Exception as exc:  # one line naming the override, with the quoting it needs
         raise translate_compose_error(exc, overrides) from exc
     fixed = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
-    compose(fixed, flags.get("-cd") or flags.get("--config-dir"), flags.get("-cn") or flags.get("--config-name") or "config")
+    return compose(fixed, flags.get("-cd") or flags.get("--config-dir"),
+                   flags.get("-cn") or flags.get("--config-name") or "config", return_hydra_config=True)
 
 
-def preflight(argv: Sequence[str]) -> None:
-    """Compose and validate a single run's config before Hydra starts it."""
+def preflight(argv: Sequence[str]) -> Any:
+    """Compose and validate a single run's config before Hydra starts it.
+
+    For a sweep (``-m``), compose its overrides without the sweep values; returns that config (else None)."""
     overrides, flags = split_args(argv)
     if ("-m" in flags or "--multirun" in flags) and not any(f in flags for f in _NO_PREFLIGHT - {"-m", "--multirun"}):
-        _compose_sweep_base(overrides, flags)
-        return
+        return _compose_sweep_base(overrides, flags)
     if any(f in flags for f in _NO_PREFLIGHT):
-        return
+        return None
     cfg = compose(overrides, flags.get("-cd") or flags.get("--config-dir"),
                   flags.get("-cn") or flags.get("--config-name") or "config")
     if "-c" in flags or "--cfg" in flags:
-        return
+        return None
     from orchestrator.config.validation import validate
 
     # Needed although hydra_task validates again: Hydra creates the run directory before it calls the task,
@@ -94,6 +97,7 @@ def preflight(argv: Sequence[str]) -> None:
     from orchestrator.artifacts import storage
 
     storage.preflight(cfg)
+    return None
 
 
 @warm_start  # a sweep job running it imports TensorFlow while it restores the job
@@ -261,11 +265,19 @@ def _keeps_the_record() -> bool:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point of ``tfscale``."""
+    entry_point = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     supervisor.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C: every child is stopped on the way out
     if argv and argv[0] in SUBCOMMANDS:
         _exit_on_error(f"tfscale {argv[0]}", lambda: sys.exit(_dispatch(argv[0], argv[1:])))
     _exit_on_error("tfscale", lambda: _run(argv))
+    if entry_point:
+        import gc
+
+        # The interpreter's final garbage collections would walk every object this process made (a study's
+        # driver holds its configs, trials and matplotlib's state): tenths of a second before the command
+        # returns, for memory its exit frees anyway (what reference counting frees is still finalised).
+        gc.freeze()
 
 
 def _exit_on_error(prefix: str, body: Callable[[], Any]) -> None:
@@ -280,6 +292,46 @@ def _exit_on_error(prefix: str, body: Callable[[], Any]) -> None:
         sys.exit(supervisor.exit_code(exc))
 
 
+def _runs_trials(flags: dict) -> bool:
+    """Whether the command line runs a sweep's jobs: ``-m`` without a flag that only shows something."""
+    return ("-m" in flags or "--multirun" in flags) and not any(
+        f in flags for f in (_NO_PREFLIGHT - {"-m", "--multirun"}) | {"-c", "--cfg", "-p", "--package"})
+
+
+def _prestart_trial_process() -> None:
+    """Start a sweep's warm trial process first thing, before anything is composed.
+
+    Its TensorFlow import takes seconds; started here, it overlaps everything the driver does before its first
+    trial (composing the sweep, Hydra's start-up, the study), instead of starting only once the sweeper is set
+    up. Whether the sweep's launcher uses it is known once its config is composed: if not, it is stopped then
+    (:func:`_sweep_preflight`); until a launcher adopts it, it is killed outright when this process exits.
+    """
+    from orchestrator.launch import trial_pool, warm_task
+
+    if not hasattr(os, "fork"):
+        return
+    # grace: the launchers' default stop_timeout_s; a pool with another tells the process when it adopts it.
+    trial_pool.prestart(dict(os.environ), tensorflow=warm_task.enabled(), grace=10.0)
+
+
+def _sweep_preflight(argv: List[str]) -> None:
+    """:func:`preflight` of a sweep whose warm trial process was started already: it stays only if the launcher
+    the sweep selects runs its trials from warm processes (see :func:`_prestart_trial_process`)."""
+    from orchestrator.launch import trial_pool
+
+    try:
+        cfg = preflight(argv)
+        if cfg is not None:
+            from orchestrator.launch.hydra_launchers import warm_pool_grace
+
+            if warm_pool_grace(cfg) is not None:
+                return
+    except BaseException:
+        trial_pool.discard_prestarted()  # the error is reported at once, with nothing left running
+        raise
+    trial_pool.discard_prestarted()
+
+
 def _run(argv: List[str]) -> None:
     """A single run, or Hydra's own path for ``-m``, ``--cfg``, ``--help`` and the like."""
     overrides, flags = split_args(argv)
@@ -290,7 +342,11 @@ def _run(argv: List[str]) -> None:
         run_single(overrides, flags.get("-cd") or flags.get("--config-dir"),
                    flags.get("-cn") or flags.get("--config-name") or "config")
         return
-    preflight(argv)
+    if _runs_trials(flags):
+        _prestart_trial_process()
+        _sweep_preflight(argv)
+    else:
+        preflight(argv)
 
     import hydra
 

@@ -209,8 +209,11 @@ def translate_compose_error(exc: Exception, overrides: Sequence[str]) -> ConfigE
     return ConfigError("overrides", list(overrides), str(exc).strip().replace("\n", " "))
 
 
-def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_name: str = "config") -> Any:
-    """Compose the experiment config as ``tfscale`` would (raises ConfigError on composition errors)."""
+def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_name: str = "config", *,
+            return_hydra_config: bool = False) -> Any:
+    """Compose the experiment config as ``tfscale`` would (raises ConfigError on composition errors).
+
+    ``return_hydra_config``: keep the ``hydra`` node (e.g. to see which launcher a sweep selects)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -225,7 +228,7 @@ def compose(overrides: Sequence[str], config_dir: Optional[str] = None, config_n
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=extra)
+            return hydra_compose(config_name=config_name, overrides=extra, return_hydra_config=return_hydra_config)
     except ConfigError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise several unrelated types

@@ -302,32 +302,44 @@ class _BaseLauncher(Launcher):
             jobs.append(self.job(overrides, initial_job_idx + i))
         return jobs
 
-    def _payload(self, job: Job) -> Dict[str, Any]:
+    def _payload(self, job: Job, data: Optional[Tuple[str, Any]] = None) -> Dict[str, Any]:
         from hydra.core.singleton import Singleton
 
         return job_process.payload(task_function=self.task_function, config=job.config,
-                                   hydra_context=self.hydra_context, singleton_state=Singleton.get_state())
+                                   hydra_context=self.hydra_context, singleton_state=Singleton.get_state(), data=data)
 
 
 # --------------------------------------------------------------------------------------- processes
-def prepare(config: DictConfig, task_function: TaskFunction) -> None:
-    """Let the launcher ``config`` selects get ready before it is instantiated.
-
-    A sweeper calls this first thing: with tfscale's processes launcher (``warm``), the warm trial process is
-    started now, with this process's environment, and its imports overlap the sweeper's own preparation; the
-    launcher's pool adopts it (see :func:`orchestrator.launch.trial_pool.prestart`). Other launchers: nothing.
-    """
+def warm_pool_grace(config: DictConfig) -> Optional[float]:
+    """The trials' stop grace if the launcher ``config`` selects runs them from warm trial processes (tfscale's
+    processes launcher with ``warm``, where ``os.fork`` exists); None for any other launcher."""
     launcher = OmegaConf.select(config, "hydra.launcher")
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
     if launcher is None or not target.startswith("hydra_plugins.tfscale_sweeper.") \
             or not target.endswith(".ProcessesLauncher") or not hasattr(os, "fork") \
             or not bool(launcher.get("warm", True)):
+        return None
+    return float(launcher.get("stop_timeout_s", 10.0))
+
+
+def prepare(config: DictConfig, task_function: TaskFunction) -> None:
+    """Let the launcher ``config`` selects get ready before it is instantiated.
+
+    A sweeper calls this first thing: with tfscale's processes launcher (``warm``), the warm trial process is
+    started now (unless ``tfscale -m`` started it already), with this process's environment, and its imports
+    overlap the sweeper's own preparation; the launcher's pool adopts it (see
+    :func:`orchestrator.launch.trial_pool.prestart`). Any other launcher: a warm process started already goes.
+    """
+    from orchestrator.launch.trial_pool import discard_prestarted, prestart
+
+    grace = warm_pool_grace(config)
+    if grace is None:
+        discard_prestarted()
         return
     from orchestrator.launch import warm_task
-    from orchestrator.launch.trial_pool import prestart
 
     tensorflow = job_process.wants_warm_start(task_function) and warm_task.enabled()
-    prestart(dict(os.environ), tensorflow=tensorflow, grace=float(launcher.get("stop_timeout_s", 10.0)))
+    prestart(dict(os.environ), tensorflow=tensorflow, grace=grace)
 
 
 @dataclass
@@ -384,6 +396,12 @@ class ProcessesLauncher(_BaseLauncher):
             tensorflow = job_process.wants_warm_start(self.task_function) and warm_task.enabled()
             self._pool = TrialPool([self._env(slot) for slot in self._free], tensorflow=tensorflow,
                                    grace=self.stop_timeout_s)
+        if job_process.wants_warm_start(self.task_function):
+            from orchestrator.launch import warm_task
+
+            # The sweep's data, loaded now (while the warm processes import TensorFlow) rather than between
+            # the starts of the first trials; start() hands it to every trial whose data it is.
+            warm_task.study_data(self.config)
         return len(self._gpus)
 
     def _env(self, slot: int, job: Optional[Job] = None) -> Dict[str, str]:
@@ -398,12 +416,17 @@ class ProcessesLauncher(_BaseLauncher):
         check_gpu_share(self.trials_per_gpu, OmegaConf.select(job.config, "topology.gpu_memory_limit_mb"))
         slot = self._free.pop(0)
         env = self._env(slot, job)
-        job_file = job_process.write_job(job.channel.dir, self._payload(job))
+        data = None
+        if job_process.wants_warm_start(self.task_function):  # tfscale's task: the data, loaded once per study
+            from orchestrator.launch import warm_task
+
+            data = warm_task.study_data(job.config)
+        job_file = job_process.write_job(job.channel.dir, self._payload(job, data))
         job.channel.log_path.write_bytes(b"")
         running = _Running(job, slot, job_file)
         try:
             if self._pool is not None:
-                self._pool.run(slot, job.num, job_file, env, job.channel.log_path)
+                self._pool.run(slot, job.num, job_file, env, job.channel.log_path, data_given=data is not None)
             else:
                 running.child = self._start(job, job_file, env)
         except BaseException:

@@ -44,11 +44,19 @@ def wants_warm_start(task_function: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- driver side
-def payload(*, task_function: Any, config: Any, hydra_context: Any, singleton_state: Any) -> Dict[str, Any]:
+def payload(*, task_function: Any, config: Any, hydra_context: Any, singleton_state: Any,
+            data: Optional[Tuple[str, Any]] = None) -> Dict[str, Any]:
     """Everything a job needs to run elsewhere: the task function, the job's config, Hydra's context and
-    singletons, and the driver's working directory (relative paths in the config are relative to it)."""
-    return {"task_function": task_function, "config": config, "hydra_context": hydra_context,
-            "singletons": singleton_state, "cwd": os.getcwd()}
+    singletons, and the driver's working directory (relative paths in the config are relative to it).
+
+    ``data``: the job's data as the driver loaded it (``(key, splits)``, see
+    :func:`orchestrator.launch.warm_task.study_data`), which the run takes instead of loading it again.
+    """
+    job = {"task_function": task_function, "config": config, "hydra_context": hydra_context,
+           "singletons": singleton_state, "cwd": os.getcwd()}
+    if data is not None:
+        job["data"] = data
+    return job
 
 
 def write_job(directory: Path, job: Dict[str, Any]) -> Path:
@@ -201,9 +209,19 @@ def _redirect_output(log_path: str) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    from orchestrator.artifacts.publish import publish_file
+    """Write ``data`` to ``path`` whole: a private temporary sibling (the job file holds the config, secrets
+    included), renamed. Not fsynced: a job file and its return only pass a job to, and its result from, a
+    process on this machine that reads them once, right after they are written."""
+    import tempfile
 
-    publish_file(path, data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -231,6 +249,10 @@ def run_job_file(job_file: Path) -> int:
     with open(job_file, "rb") as f:
         job = pickle.load(f)
     Path(job_file).unlink(missing_ok=True)  # it holds the whole config, secrets included: gone once read
+    if job.get("data") is not None:
+        from orchestrator.launch import warm_task
+
+        warm_task.offer_data(*job["data"])
     ret = execute(job)
     import cloudpickle
 

@@ -31,6 +31,7 @@ the tags that were found.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -156,6 +157,7 @@ class StudySweeper(Sweeper):
         self._validated: Set[Tuple[str, ...]] = set()  # override lists whose config passed validate()
         self._composer: Any = None  # the trials' JobComposer, once their shared overrides are known
         self._dir_overrides: List[str] = []  # the study's hydra.sweep.dir/subdir, for each trial's job config
+        self._plotting: Optional[threading.Thread] = None  # imports matplotlib while the trials run
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from orchestrator.launch.hydra_launchers import prepare
@@ -238,6 +240,8 @@ class StudySweeper(Sweeper):
             write_results(study, sweep_dir, plots=False)
             self._upload(sweep_dir, study_uri)
             raise
+        if self._plotting is not None:
+            self._plotting.join()
         paths = write_results(study, sweep_dir, plots=self.plots)
         self._upload(sweep_dir, study_uri)
         best = study.best_trial
@@ -367,9 +371,13 @@ class StudySweeper(Sweeper):
         self._composer = JobComposer(self.hydra_context, self.config, base)
         launcher = self._launcher_api()
         slots = launcher.open(study.spec.max_parallel_trials)
+        # What this driver made so far (imports, configs, the study's data) lives to its end: frozen, the
+        # garbage collections of the trials' loop skip it (a full one would walk it all, a tenth of a second).
+        gc.freeze()
         active: Dict[int, _Active] = {}
         returns: List[Sequence[JobReturn]] = []
         more = True  # the study may still suggest trials
+        written = True  # the results hold every trial that ended
         try:
             while True:
                 while more and len(active) < slots:
@@ -381,7 +389,27 @@ class StudySweeper(Sweeper):
                     if started is not None:
                         active[started.trial.id] = started
                 if not active:
-                    break
+                    break  # the caller writes the final results
+                if not written:
+                    # Tables, study.html and HParams after every trial (milliseconds), so the report is live and
+                    # a killed study still leaves up-to-date results; written once the freed slots run again.
+                    write_results(study, sweep_dir, plots=False)
+                    self._upload(sweep_dir, study_uri)
+                    written = True
+                if self.plots and self._plotting is None:
+                    # The final plots' imports, while the trials run rather than after the last one.
+                    from tuners.results import preload_plotting
+
+                    self._plotting = threading.Thread(target=preload_plotting, name="tfscale-plots", daemon=True)
+                    self._plotting.start()
+                # The running trials' new epochs (early stopping), once the freed slots run again.
+                for trial_id, trial in active.items():
+                    if not trial.stopped and self._measure(study, trial_id, trial.channel, trial.seen):
+                        trial.stopped = True
+                        trial.channel.request_stop()
+                        launcher.stop(trial_id)
+                        print(f"[study] trial {trial_id}: stopped early by the {study.spec.early_stopping.rule.name} "
+                              f"rule", flush=True)
                 ended = launcher.poll(self.poll_interval_s)
                 now = time.time()
                 first_error: Optional[BaseException] = None
@@ -396,20 +424,9 @@ class StudySweeper(Sweeper):
                         first_error = first_error or exc
                     returns.append([ret])
                     print(progress_line(study), flush=True)
-                if ended:
-                    # Tables, study.html and HParams after every trial (milliseconds), so the report is live and
-                    # a killed study still leaves up-to-date results.
-                    write_results(study, sweep_dir, plots=False)
-                    self._upload(sweep_dir, study_uri)
+                written = written and not ended
                 if first_error is not None:
-                    raise first_error
-                for trial_id, trial in active.items():
-                    if not trial.stopped and self._measure(study, trial_id, trial.channel, trial.seen):
-                        trial.stopped = True
-                        trial.channel.request_stop()
-                        launcher.stop(trial_id)
-                        print(f"[study] trial {trial_id}: stopped early by the {study.spec.early_stopping.rule.name} "
-                              f"rule", flush=True)
+                    raise first_error  # the caller writes the results
         finally:
             launcher.stop()  # what still runs (an error, Ctrl-C) stops and stays ACTIVE in the store
         return returns
@@ -428,8 +445,8 @@ class StudySweeper(Sweeper):
         job = launcher.job(overrides, trial.id, cfg)
         seen = {step for step, _ in trial.curve(study.spec.metric.tag)}
         log.info("starting trial %d", trial.id)
-        study.mark_started(trial.id)
         launcher.start(job)
+        study.mark_started(trial.id)  # its process is on its way; the store write no longer delays it
         return _Active(trial, channel, seen)
 
     def _measure(self, study: Any, trial_id: int, channel: TrialChannel, seen: set, final: bool = False) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import select
 import signal
@@ -66,7 +67,8 @@ class _WarmProcess:
         finally:
             os.close(commands_r)
             os.close(replies_w)
-        self.key = (tuple(sorted(env.items())), bool(tensorflow), float(grace))
+        self.key = (tuple(sorted(env.items())), bool(tensorflow))
+        self.grace = float(grace)
         self.running: set = set()  # job numbers running in it
         self.alive = True
         self._closed = False
@@ -117,7 +119,8 @@ _prestarted: Optional[_WarmProcess] = None
 def prestart(env: Dict[str, str], *, tensorflow: bool, grace: float) -> None:
     """Start a warm process now, before the sweep's pool exists, for the pool to adopt when its slots have this
     environment: its imports then overlap the driver's own preparation (composing, validating, opening the
-    study). Until adopted it is killed outright when the driver exits, so an early error still ends at once."""
+    study). Until adopted it is killed outright when the driver exits, so an early error still ends at once.
+    A pool whose trials get another ``grace`` adopts it all the same (it is told the pool's)."""
     global _prestarted
     if _prestarted is None:
         _prestarted = _WarmProcess(env, tensorflow, grace, exit_grace=0.0)
@@ -131,13 +134,17 @@ def discard_prestarted() -> None:
         process.close(0.0)
 
 
-def _adopt(key: Tuple[Any, ...]) -> Optional[_WarmProcess]:
+def _adopt(key: Tuple[Any, ...], grace: float) -> Optional[_WarmProcess]:
     global _prestarted
     process = _prestarted
     if process is None or process.key != key or not process.alive:
         return None
     _prestarted = None
-    process.child.exit_grace = float(key[2]) + 1.0
+    if process.grace != grace and not process.send(("grace", grace)):
+        process.close(0.0)
+        return None
+    process.grace = grace
+    process.child.exit_grace = grace + 1.0
     return process
 
 
@@ -170,15 +177,18 @@ class TrialPool:
         if process is None or not process.alive:
             if process is not None:
                 process.close(0.0)
-            process = _adopt((key, self.tensorflow, self.grace))
+            process = _adopt((key, self.tensorflow), self.grace)
             if process is None:
                 process = _WarmProcess(self._envs[slot], self.tensorflow, self.grace)
             self._processes[key] = process
         return process
 
-    def run(self, slot: int, num: int, job_file: Path, env: Dict[str, str], log_path: Path) -> None:
-        """Start job ``num`` (its job file written) on ``slot``'s warm process, output into ``log_path``."""
-        command = ("run", num, str(job_file), dict(env), str(log_path))
+    def run(self, slot: int, num: int, job_file: Path, env: Dict[str, str], log_path: Path, *,
+            data_given: bool = False) -> None:
+        """Start job ``num`` (its job file written) on ``slot``'s warm process, output into ``log_path``.
+
+        ``data_given``: the job file holds the job's data (the trial loads none, see :data:`DATA_MODULES`)."""
+        command = ("run", num, str(job_file), dict(env), str(log_path), bool(data_given))
         process = self._warm(slot)
         if not process.send(command):  # it died since its last trial: a new one
             process.alive = False
@@ -277,9 +287,11 @@ TRIAL_MODULES = (
     "orchestrator.deploy",
     "strategies",
     "strategies.tf_config",
-    "sklearn.datasets",  # the digits and diabetes data, loaded while the task process starts
-    "sklearn.model_selection",
 )
+#: What a trial that loads its own data imports (the digits and diabetes data, the three-way split): imported
+#: before the first such trial is forked. A study's driver usually hands its trials their data
+#: (:func:`warm_task.study_data`): then nothing waits for these.
+DATA_MODULES = ("sklearn.datasets", "sklearn.model_selection")
 
 
 def _import_quietly(modules: Sequence[str]) -> None:
@@ -354,8 +366,18 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
         if tensorflow:
             warm_task.preload()
             _import_quietly(TRIAL_MODULES)
+            try:
+                from orchestrator.training.task import experiment_schema
+
+                experiment_schema()  # each trial types its config with a copy of it
+            except Exception:  # the trial meets the same error itself, and reports it
+                pass
     finally:
         import_output = _restore_output(sink, saved)
+    # Trials are forked from here. Frozen, what the imports made is left alone by the trials' garbage
+    # collections: a full one walks TensorFlow's ~400k objects (a quarter of a second) and, touching each,
+    # makes the trial copy pages it would otherwise share with this process.
+    gc.freeze()
     trials: Dict[int, supervisor.Child] = {}
     deadlines: Dict[int, float] = {}
     waits: Dict[int, int] = {}  # job number -> a pidfd that becomes readable when the trial exits
@@ -387,7 +409,10 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
             if message is None:  # the driver closed the pipe (or died): stop the trials and quit
                 break
             if message[0] == "run":
-                _, num, job_file, env, log_path = message
+                _, num, job_file, env, log_path, data_given = message
+                if tensorflow and not data_given and not all(name in sys.modules for name in DATA_MODULES):
+                    _import_quietly(DATA_MODULES)
+                    gc.freeze()
                 main = functools.partial(_trial_main, job_file, env, log_path, import_output,
                                          import_env if tensorflow else None,
                                          [commands, replies, *waits.values()])
@@ -396,12 +421,14 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
                     waits[num] = os.pidfd_open(trial.pid)
                 except (AttributeError, OSError):  # Linux before 5.3, or not Linux
                     pass
+            elif message[0] == "grace":  # adopted by a pool whose trials get another grace
+                grace = float(message[1])
             elif message[0] == "stop":
-                _, num, grace = message
+                _, num, stop_grace = message
                 trial = trials.get(num)
                 if trial is not None and num not in deadlines:
                     trial.send(signal.SIGTERM)
-                    deadlines[num] = time.monotonic() + float(grace)
+                    deadlines[num] = time.monotonic() + float(stop_grace)
     except KeyboardInterrupt:  # SIGTERM: the driver is going away
         pass
     finally:

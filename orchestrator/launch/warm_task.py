@@ -37,7 +37,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from orchestrator.errors import TaskFailedError, TfscaleError
 from orchestrator.runtime import supervisor
@@ -280,14 +280,75 @@ def _describe(status: int) -> str:
 MAX_SENT_DATA_BYTES = 256 * 2**20
 
 
+#: Data a study's driver loads once and hands to each trial in its job (:func:`study_data`) up to this size.
+MAX_STUDY_DATA_BYTES = 64 * 2**20
+
+_offered: Optional[Tuple[str, Any]] = None  # in a trial: (data key, splits) its study's driver loaded
+_study_data: Dict[str, Any] = {}  # in a study's driver: the splits of each data key (None: trials load their own)
+
+
+def data_key(cfg: Any) -> str:
+    """What identifies the data a run trains on: its ``data`` node, resolved, and whether its targets are values."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from orchestrator.training.data import targets_are_values
+
+    node = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg.data) else cfg.data
+    return json.dumps([node, targets_are_values(cfg)], sort_keys=True, default=str)
+
+
+def study_data(cfg: Any) -> Optional[Tuple[str, Any]]:
+    """``(data key, splits)`` of a trial's config, loaded once per key by the study's driver, for its trials.
+
+    Every trial of a study usually trains on the same data: the driver loads it once (while the warm trial
+    process still imports TensorFlow) instead of each trial loading it, and the trials need not import
+    scikit-learn. None where each trial loads its own, as a single run would: data that needs TensorFlow or
+    is streamed, larger than :data:`MAX_STUDY_DATA_BYTES`, or that fails to load (the trial reports why).
+    """
+    from orchestrator.training.data import load_splits, loads_without_tensorflow, targets_are_values
+
+    try:
+        if not loads_without_tensorflow(cfg.data):
+            return None
+        key = data_key(cfg)
+    except Exception:  # not a tfscale config: its task loads what it needs
+        return None
+    if key not in _study_data:
+        env = dict(os.environ)
+        try:
+            splits = load_splits(cfg.data, values=targets_are_values(cfg))
+        except Exception:  # the trial loads it again and says what is wrong, in its run record
+            splits = None
+        finally:
+            # scikit-learn's import sets KMP_* variables here; trials get this process's environment, and one
+            # that differs from the warm process's in a variable TensorFlow reads at import would spawn anew.
+            for name in set(os.environ) - set(env):
+                del os.environ[name]
+            os.environ.update(env)
+        _study_data[key] = splits if splits is not None and splits.nbytes <= MAX_STUDY_DATA_BYTES else None
+    splits = _study_data[key]
+    return None if splits is None else (key, splits)
+
+
+def offer_data(key: str, splits: Any) -> None:
+    """In a trial: the data its study's driver loaded (:func:`study_data`), used if the run's data has this key."""
+    global _offered
+    _offered = (key, splits)
+
+
 def _preload_data(cfg: ExperimentConfig) -> Any:
     """The run's data, loaded here if that needs no TensorFlow and this machine has a core to spare.
 
     Loading (scikit-learn's import alone takes most of a second) then overlaps the child's TensorFlow
     import instead of following it. Errors are the same as in the task: they name the ``data.*`` key.
+    A study's trial takes the data its driver loaded (:func:`offer_data`) when it is the run's.
     """
     from orchestrator.training.data import load_splits, loads_without_tensorflow, targets_are_values
 
+    if _offered is not None and loads_without_tensorflow(cfg.data) and data_key(cfg) == _offered[0]:
+        return _offered[1]
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -373,6 +434,11 @@ def task_process_main(rfd: int, wfd: int) -> int:
     try:
         held = _hold_output()
         preload()
+        # What the imports made lives as long as the process: frozen, the training's garbage collections skip
+        # it (a full collection would walk TensorFlow's ~400k objects, a quarter of a second each time).
+        import gc
+
+        gc.freeze()
         job = _recv(rfd)
         if job is None:  # the parent did not need us
             return 0

@@ -332,10 +332,27 @@ def summary(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_schema: Any = None
+
+
+def experiment_schema() -> Any:
+    """The experiment schema as a structured config, built once per process (tens of milliseconds): a warm trial
+    process builds it before it forks its trials. Read-only: :func:`load_run_config` merges into a copy."""
+    global _schema
+    if _schema is None:
+        from orchestrator.config.schema import ExperimentConfig
+
+        _schema = OmegaConf.structured(ExperimentConfig)
+        OmegaConf.set_readonly(_schema, True)
+    return _schema
+
+
 def load_run_config(run_dir: Path) -> ExperimentConfig:
     """The resolved config a run was started with, typed by the experiment schema."""
-    from orchestrator.config.schema import ExperimentConfig
+    import copy
 
     loaded = OmegaConf.load(Path(run_dir) / "config.resolved.yaml")
-    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), loaded)
-    return cfg
+    schema = copy.deepcopy(experiment_schema())
+    OmegaConf.set_readonly(schema, None)
+    # unsafe_merge: the same result as merge without copying its inputs again (both are this call's own).
+    return OmegaConf.unsafe_merge(schema, loaded)

@@ -128,6 +128,13 @@ class TestRayLauncherIntegration(IntegrationTestSuite):
     def extra_flags(self) -> list:
         return ["-m", RAY_CPUS]
 
+    # Task names and sweep directories are composed by the launchers' shared base class before a job reaches
+    # Ray, and the processes suite above runs every case of them; each case here starts a Ray of its own
+    # (about 10 s). The cases that depend on where the job runs — its working and original directories on
+    # a Ray worker — stay.
+    test_custom_task_name = None
+    test_custom_sweeper_run_workdir = None
+
 
 # ------------------------------------------------------------------------------------ stop and errors
 def _sweep(hydra_sweep_runner: Any, tmp_path: Path, launcher: list, task_function: Any) -> Any:

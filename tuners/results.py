@@ -170,11 +170,12 @@ def preload_plotting() -> None:
     """
     try:
         import matplotlib
-    except ImportError:
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.ticker  # noqa: F401
+    except Exception:  # missing or broken: write_results says so when it draws (PLOTS_MISSING or the error)
         return
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot  # noqa: F401
-    import matplotlib.ticker  # noqa: F401
 
 
 def _plot(study: Study, out_dir: Path) -> dict[str, Path]:

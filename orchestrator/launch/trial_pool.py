@@ -7,9 +7,11 @@ sweep and per distinct slot environment (slots with their own GPUs each get one)
 tfscale and, for task functions marked :func:`~orchestrator.launch.job_process.warm_start`, TensorFlow and
 tf_keras and the modules a trial uses
 (:func:`~orchestrator.launch.warm_task.preload`: nothing lists a device or runs an op, so TensorFlow's runtime
-is not initialised), then waits. For each trial it forks a child that runs the job file exactly as a job
-process does (:func:`~orchestrator.launch.job_process.run_job_file`: Hydra's ``run_job`` with the task
-function); that child forks its warm task process from the same imported state
+is not initialised), freezes what the imports made (``gc.freeze``: the trials' garbage collections skip it),
+then waits; the trials' data usually comes loaded from the driver in the job file, so scikit-learn is imported
+only before a trial that loads its own (:data:`DATA_MODULES`). For each trial it forks a child that runs the
+job file exactly as a job process does (:func:`~orchestrator.launch.job_process.run_job_file`: Hydra's
+``run_job`` with the task function); that child forks its warm task process from the same imported state
 (:func:`~orchestrator.launch.warm_task.fork_imported`), so the trial trains at once and is still what
 ``tfscale <overrides>`` runs: same task function, same run record, same task process protocol.
 

@@ -302,38 +302,44 @@ def _place(tmp: Path, parent: Path, *, name: Optional[str], suffix: str) -> Path
 
 
 # ------------------------------------------------------------------------------------------ files
-def _staged_file(directory: Path, name: str, content: Union[bytes, str]) -> Path:
+def _staged_file(directory: Path, name: str, content: Union[bytes, str], *, durable: bool = True,
+                 private: bool = False) -> Path:
     _make_parents(directory)
     remove_stale_temporaries(directory)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{name}-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes it private to its owner
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        if not private:
+            os.chmod(tmp, FILE_MODE)  # mkstemp makes it private to its owner
     except BaseException:
         discard(tmp)
         raise
     return Path(tmp)
 
 
-def publish_file(target: Target, content: Union[bytes, str]) -> Target:
+def publish_file(target: Target, content: Union[bytes, str], *, durable: bool = True, private: bool = False) -> Target:
     """Write ``content`` to ``target`` atomically, replacing what was there (temporary sibling, fsync, rename).
 
-    An object-store ``target`` is written as one object (which appears whole or not at all).
+    An object-store ``target`` is written as one object (which appears whole or not at all). ``durable=False``
+    skips the fsyncs, for files that only hand something to another process on this machine, which reads
+    them once right away; ``private=True`` leaves the file readable by its owner only (it may hold secrets).
     """
     if storage.is_remote(target):
         storage.put_bytes(target, content.encode("utf-8") if isinstance(content, str) else content)
         return str(target)
     target = Path(target)
-    tmp = _staged_file(target.parent, target.name, content)
+    tmp = _staged_file(target.parent, target.name, content, durable=durable, private=private)
     try:
         os.replace(tmp, target)
     except BaseException:
         discard(tmp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
     return target
 
 

@@ -209,19 +209,12 @@ def _redirect_output(log_path: str) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole: a private temporary sibling (the job file holds the config, secrets
-    included), renamed. Not fsynced: a job file and its return only pass a job to, and its result from, a
-    process on this machine that reads them once, right after they are written."""
-    import tempfile
+    """Write ``data`` to ``path`` whole, readable by its owner only (the job file holds the config, secrets
+    included). Not fsynced: a job file and its return only pass a job to, and its result from, a process on
+    this machine that reads them once, right after they are written."""
+    from orchestrator.artifacts.publish import publish_file
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    publish_file(path, data, durable=False, private=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -41,12 +40,6 @@ from orchestrator.launch import ray_session
 log = logging.getLogger("tfscale.serving")
 
 DEPLOYMENT = "tfscale-serving"  # the deployment's name inside the application serving.name
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def replica_settings(s: Any) -> Dict[str, Any]:
@@ -126,12 +119,14 @@ class RayServeEngine:
 
     def start(self) -> "RayServeEngine":
         """Connect to Ray, start Ray Serve's proxies, deploy the replicas and wait until they all serve."""
+        from orchestrator.launch.processes import free_port
+
         s = self.settings
         address = str(s.ray_address) if s.ray_address else None
         attached = ray_session.attaches(address)
         _check_repository(s, attached)
-        self.rest_port = int(s.rest_port) or _free_port(s.host)
-        self.grpc_port = None if s.grpc_port < 0 else (int(s.grpc_port) or _free_port(s.host))
+        self.rest_port = int(s.rest_port) or free_port(s.host)
+        self.grpc_port = None if s.grpc_port < 0 else (int(s.grpc_port) or free_port(s.host))
         needed = math.ceil(_most_replicas(s) * float(s.ray_replica_cpus))
         runtime_env = ray_session.project_runtime_env() if attached else None
         self._ray = ray_session.connect(address, max(os.cpu_count() or 1, needed), runtime_env=runtime_env,

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Sequence, Tuple
 
 from tuners.algorithms import Designer, make_designer
 from tuners.early_stopping import NoStoppingRule, StopDecision, make_stopping_rule
@@ -295,11 +295,24 @@ class Study:
 
         The caller stops the trial (and calls :meth:`stop`) when the returned decision is truthy.
         """
+        return self.add_measurements(trial_id, [(step, value)])
+
+    def add_measurements(self, trial_id: int, points: Sequence[Tuple[int, Any]]) -> StopDecision:
+        """:meth:`add_measurement` for several ``(step, value)`` points, in order, stored in one write.
+
+        The rule is asked after each point, as if they had come one at a time; its first decision to stop is
+        returned (the points after it are recorded all the same), else its last decision.
+        """
         trial = self._active(trial_id)
-        metrics = dict(value) if isinstance(value, Mapping) else {self.spec.metric.tag: float(value)}
-        trial.measurements.append(Measurement(int(step), metrics))
+        tag = self.spec.metric.tag
+        decision = None
+        for step, value in points:
+            metrics = dict(value) if isinstance(value, Mapping) else {tag: float(value)}
+            trial.measurements.append(Measurement(int(step), metrics))
+            if not decision:
+                decision = self.should_stop(trial_id)
         self.store.save_trial(trial)
-        return self.should_stop(trial_id)
+        return self.should_stop(trial_id) if decision is None else decision
 
     def should_stop(self, trial_id: int) -> StopDecision:
         """The early stopping rule's decision for an ACTIVE trial."""

@@ -23,7 +23,7 @@ from orchestrator.artifacts.redact import redact_message
 from orchestrator.config.compose import CONF_DIR, compose, normalize_overrides, translate_compose_error
 from orchestrator.errors import ConfigError, TfscaleError
 from orchestrator.launch.job_process import warm_start
-from orchestrator.runtime import supervisor
+from orchestrator.runtime import collection, supervisor
 
 if TYPE_CHECKING:
     from orchestrator.config.schema import ExperimentConfig
@@ -343,11 +343,26 @@ def _run(argv: List[str]) -> None:
                    flags.get("-cn") or flags.get("--config-name") or "config")
         return
     if _runs_trials(flags):
-        _prestart_trial_process()
-        _sweep_preflight(argv)
-    else:
-        preflight(argv)
+        # Paused until the sweep's first trials started (the sweeper resumes it): the driver builds the state it
+        # keeps to its end meanwhile (see orchestrator.runtime.collection).
+        collection.pause()
+        try:
+            _run_sweep(argv, overrides)
+        finally:
+            collection.resume()
+        return
+    preflight(argv)
+    _run_hydra(argv, overrides)
 
+
+def _run_sweep(argv: List[str], overrides: List[str]) -> None:
+    _prestart_trial_process()
+    _sweep_preflight(argv)
+    _run_hydra(argv, overrides)
+
+
+def _run_hydra(argv: List[str], overrides: List[str]) -> None:
+    """Hydra's own path for ``argv``: ``hydra.main`` with tfscale's task function and config store."""
     import hydra
 
     from orchestrator.config.schema import register_configs

@@ -31,7 +31,6 @@ the tags that were found.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import sys
@@ -56,7 +55,7 @@ from orchestrator.launch.objectives import (  # noqa: F401  (objective_from_* re
     trial_objectives,
 )
 from orchestrator.launch.trial_channel import TrialChannel
-from orchestrator.runtime import supervisor
+from orchestrator.runtime import collection, supervisor
 
 log = logging.getLogger("tfscale.study")
 
@@ -242,7 +241,8 @@ class StudySweeper(Sweeper):
             raise
         if self._plotting is not None:
             self._plotting.join()
-        paths = write_results(study, sweep_dir, plots=self.plots)
+        # The plots drawn in parallel processes: the trials are over, every core is free.
+        paths = write_results(study, sweep_dir, plots=self.plots, render=supervisor.run_forked)
         self._upload(sweep_dir, study_uri)
         best = study.best_trial
         if best is not None:
@@ -371,9 +371,7 @@ class StudySweeper(Sweeper):
         self._composer = JobComposer(self.hydra_context, self.config, base)
         launcher = self._launcher_api()
         slots = launcher.open(study.spec.max_parallel_trials)
-        # What this driver made so far (imports, configs, the study's data) lives to its end: frozen, the
-        # garbage collections of the trials' loop skip it (a full one would walk it all, a tenth of a second).
-        gc.freeze()
+        paused = True  # collections paused by `tfscale -m` until the first trials started
         active: Dict[int, _Active] = {}
         returns: List[Sequence[JobReturn]] = []
         more = True  # the study may still suggest trials
@@ -388,6 +386,11 @@ class StudySweeper(Sweeper):
                     started = self._start_trial(study, base, trials[0], launcher)
                     if started is not None:
                         active[started.trial.id] = started
+                if paused:
+                    # What this driver made so far (imports, configs, the study's data) lives to its end: frozen,
+                    # the garbage collections of the trials' loop skip it (a full one would walk it all).
+                    collection.resume(freeze=True)
+                    paused = False
                 if not active:
                     break  # the caller writes the final results
                 if not written:
@@ -428,6 +431,8 @@ class StudySweeper(Sweeper):
                 if first_error is not None:
                     raise first_error  # the caller writes the results
         finally:
+            if paused:
+                collection.resume(freeze=True)
             launcher.stop()  # what still runs (an error, Ctrl-C) stops and stays ACTIVE in the store
         return returns
 
@@ -465,13 +470,15 @@ class StudySweeper(Sweeper):
         for record in channel.reported_metrics(tag):
             if record.get("step") is not None:
                 points.append((int(record["step"]), float(record["value"])))
-        decision = False
+        fresh = []
         for step, value in sorted(points):
             if step in seen or not math.isfinite(value):
                 continue
             seen.add(step)
-            decision = bool(study.add_measurement(trial_id, step, value)) or decision
-        return decision and not final
+            fresh.append((step, value))
+        if not fresh:
+            return False
+        return bool(study.add_measurements(trial_id, fresh)) and not final  # one store write for them all
 
     def _record(self, study: Any, trial: Any, ret: JobReturn, channel: TrialChannel, stopped: bool) -> None:
         """Complete, fail or stop ``trial`` in the study from its job's outcome and its objectives."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -86,6 +87,14 @@ def install_signal_handlers() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- children
+def _pidfd(pid: int) -> Optional[int]:
+    """A file descriptor that becomes readable when ``pid`` exits, or None where the system has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 class Child:
     """A started process (and its process group): poll, wait, signal, stop.
 
@@ -121,15 +130,23 @@ class Child:
             return code
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while True:
-            code = self._check(block=False)
-            if code is not None:
-                return code
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutExpired(self.popen.args if self.popen is not None else [str(self.pid)], timeout)
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 0.05)
+        exited = _pidfd(self.pid)  # readable once it exited (Linux 5.3+); else look with growing delays
+        try:
+            while True:
+                code = self._check(block=False)
+                if code is not None:
+                    return code
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutExpired(self.popen.args if self.popen is not None else [str(self.pid)], timeout)
+                if exited is not None:
+                    select.select([exited], [], [], left)
+                else:
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, 0.05)
+        finally:
+            if exited is not None:
+                os.close(exited)
 
     def send(self, sig: int) -> None:
         """Send ``sig`` to the process group (to the process alone if it has no group of its own)."""
@@ -367,6 +384,41 @@ def fork_child(main: Callable[[], int]) -> Child:
     child = Child(pid, exit_grace=0.0)  # nothing of a forked task is worth waiting for at exit
     _register(child)
     return child
+
+
+def run_forked(functions: Sequence[Callable[[], Any]], timeout: float = 60.0) -> List[int]:
+    """Run ``functions`` at the same time: the first here, each other one in a forked child; wait for them all.
+
+    For independent CPU-bound work whose results are files (a study's PNG plots). Returns the indices of the
+    functions that did not finish: raised, exited otherwise, or ran past ``timeout`` seconds (killed). A
+    failure of the first one propagates. Where ``fork`` is missing every function runs here in turn.
+    """
+    if not hasattr(os, "fork") or len(functions) < 2:
+        for function in functions:
+            function()
+        return []
+
+    def body(function: Callable[[], Any]) -> Callable[[], int]:
+        def run() -> int:
+            function()
+            return 0
+        return run
+
+    children = [(index, fork_child(body(function))) for index, function in enumerate(functions) if index]
+    failed: List[int] = []
+    try:
+        functions[0]()
+    finally:
+        deadline = time.monotonic() + timeout
+        for index, child in children:
+            try:
+                code = child.wait(max(0.0, deadline - time.monotonic()))
+            except TimeoutExpired:
+                child.stop(0.0, sig=signal.SIGKILL)
+                code = -1
+            if code != 0:
+                failed.append(index)
+    return failed
 
 
 def watch_parent(fd: int) -> None:

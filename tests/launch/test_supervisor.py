@@ -178,3 +178,29 @@ def test_exit_codes_follow_the_shell_convention():
     assert supervisor.exit_code(KeyboardInterrupt()) == 130
     assert supervisor.interruption(KeyboardInterrupt()) == "interrupted"
     assert supervisor.exit_code(supervisor.Terminated()) == 143
+
+
+def test_run_forked_runs_the_functions_at_once_and_names_those_that_did_not_finish(tmp_path):
+    def write(name):
+        def draw():
+            time.sleep(0.3)
+            (tmp_path / name).write_text(str(os.getpid()))
+        return draw
+
+    def fail():
+        raise RuntimeError("no figure")
+
+    before = set(supervisor.live())
+    started = time.monotonic()
+    failed = supervisor.run_forked([write("a"), write("b"), fail, write("c")])
+    assert time.monotonic() - started < 0.85  # three sleeps of 0.3 s side by side, not one after the other
+    assert failed == [2]
+    pids = {(tmp_path / n).read_text() for n in "abc"}
+    assert str(os.getpid()) in pids and len(pids) == 3  # the first here, the others in children
+    assert set(supervisor.live()) <= before  # every child reaped
+
+
+def test_run_forked_kills_a_function_that_runs_past_the_timeout():
+    started = time.monotonic()
+    assert supervisor.run_forked([lambda: None, lambda: time.sleep(30)], timeout=0.5) == [1]
+    assert time.monotonic() - started < 5

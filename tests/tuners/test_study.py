@@ -93,6 +93,26 @@ def test_store_rejects_a_different_spec(tmp_path):
         Study({**SPEC, "max_trials": 9}, StudyStore(tmp_path / "s.db"))
 
 
+def test_measurements_added_together_decide_as_one_at_a_time_in_one_store_write(tmp_path):
+    spec = {**SPEC, "max_trials": 6, "max_parallel_trials": 6, "max_failed_trials": None,
+            "early_stopping": {"rule": "median", "min_trials": 2, "min_steps": 2}}
+    study = Study(spec, store=tmp_path)
+    trials = study.suggest(6)
+    for t in trials[:3]:
+        study.complete(t.id, None, measurements=[(0, 0.5), (1, 0.7), (2, 0.9)])
+    writes = []
+    save = study.store.save_trial
+    study.store.save_trial = lambda trial: (writes.append(trial.id), save(trial))[1]
+    slow, good = trials[3], trials[4]
+    decision = study.add_measurements(slow.id, [(0, 0.1), (1, 0.2), (2, 0.3)])
+    assert decision and "median" in decision.reason  # decided at step 1, as one at a time would
+    assert writes == [slow.id]
+    assert not study.add_measurements(good.id, [(0, 0.8), (1, 0.9)])
+    assert not study.add_measurements(good.id, [])
+    study.close()
+    assert [m.step for m in Study(spec, store=tmp_path).trial(slow.id).measurements] == [0, 1, 2]  # all kept
+
+
 def test_store_url_forms(tmp_path):
     assert StudyStore.resolve(tmp_path) == str(tmp_path / "study.db")
     assert StudyStore.resolve("sqlite:////abs/x.db") == "/abs/x.db"

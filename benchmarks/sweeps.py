@@ -20,11 +20,17 @@ Runs, side by side in one run (this machine is noisy, so only ratios within one 
 ``--cold`` adds the tfscale study with ``hydra.launcher.warm=false`` (every trial a fresh process that
 imports TensorFlow), to show what the warm trial processes buy.
 
-Measured on the 2-core development machine (``--repeats 2``, medians): tfscale 13.5 s against Ray Tune's 35.8 s
-(0.38); tfscale wall/ideal 1.52 (trials of about 2.2 s, ideal 8.9 s), idle slot time 3.2%. No trial can train
-before the warm process has imported TensorFlow (2.2 s; the first trials train 2.6 s after the command starts,
-over a quarter of this ideal on its own); the rest is the final plots (0.35 s), about 0.25 s between a trial's
-end and the next one's training on its slot, and the last trial running alone.
+It also times ``import tensorflow, tf_keras`` in a fresh interpreter as a warm trial process does it (collector
+paused): no trial can train before that, so 1 + import/ideal is a floor on wall/ideal that nothing after the
+command starts can lower.
+
+Measured on the 2-core development machine (``--repeats 2``, medians): tfscale 11.7 s against Ray Tune's 34.2 s
+(0.34); tfscale wall/ideal 1.43 (trials of about 2.05 s, ideal 8.2 s; Ray Tune's trials of the same function
+take 4.6 s each, its ideal 18.6 s), idle slot time 3.2%. The TensorFlow import alone takes 1.61 s, 20% of that
+ideal (floor 1.20); the rest is the warm process's start and the first trial's set-up (0.45 s), about 0.25 s of
+set-up per later trial (Hydra's ``run_job``, the run record, typing the config), the final plots (0.2 s) and
+the last trial running alone. Longer trials carry the fixed start better: ``--epochs 30`` (trials of 2.95 s)
+measured 1.32, ``--epochs 40`` (3.2 s, still shorter than one Ray Tune trial of 20 epochs) 1.28.
 
 Usage: ``python benchmarks/sweeps.py [--repeats 1] [--trials 8] [--parallel 2] [--epochs 20] [--cold]``.
 Needs Ray Tune (``pip install "ray[tune]"``).
@@ -140,6 +146,19 @@ def idle_share(rows: list[dict], slots: int) -> float:
     return idle / (last_end - first)
 
 
+IMPORT_PROBE = (
+    "import time; from orchestrator.runtime import collection, tf_env; tf_env.prepare_environment(); "
+    "t = time.perf_counter()\n"
+    "with collection.paused(freeze=True):\n    import tensorflow, tf_keras\n"
+    "print(time.perf_counter() - t)")
+
+
+def import_seconds(cwd: Path) -> float:
+    """``import tensorflow, tf_keras`` in a fresh interpreter, as a warm trial process does it."""
+    _, out = run([sys.executable, "-c", IMPORT_PROBE], cwd)
+    return float(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=1)
@@ -160,7 +179,9 @@ def main() -> None:
         study = ["study=digits_lr_units", "study.algorithm=RANDOM_SEARCH", f"study.max_trials={args.trials}",
                  f"study.max_parallel_trials={args.parallel}"]
         sides = {"tfscale": [], "ray_tune": [], "cold": [], "idle": []}
+        imports = []
         for i in range(args.repeats):
+            imports.append(import_seconds(work))
             sweep_dir = work / f"tfscale_{i}"
             wall, _ = run(tfscale + ["-m", *study, *shared, f"hydra.sweep.dir={sweep_dir}"], work)
             rows = study_rows(sweep_dir)
@@ -205,6 +226,11 @@ def main() -> None:
     print(f"tfscale wall / ideal               : {med('tfscale', 0) / (med('tfscale', 1) / args.parallel):.2f}  "
           f"(goal <= 1.30)")
     print(f"idle slot time, epochs 1..30 study : {100 * med('idle', 3):.1f}% of its wall  (goal <= 10%)")
+    ideal = med("tfscale", 1) / args.parallel
+    floor = statistics.median(imports)
+    print(f"\nNo trial trains before TensorFlow is imported: {floor:.2f} s in a fresh interpreter (collector "
+          f"paused), {100 * floor / ideal:.0f}% of tfscale's ideal, so wall/ideal >= {1 + floor / ideal:.2f} "
+          f"before any other cost")
 
 
 if __name__ == "__main__":

@@ -457,9 +457,37 @@ def task_process_main(rfd: int, wfd: int) -> int:
         traceback.print_exc()
     finally:
         supervisor.stop_all()
+        _remove_private_tempdir()
         sys.stdout.flush()
         sys.stderr.flush()
     return code
+
+
+_private_tempdir: Optional[str] = None
+
+
+def _use_private_tempdir() -> None:
+    """Point Python's temporary files at a directory of this task's own (inside the job's ``TMPDIR``).
+
+    TensorFlow's autograph writes the source of every function it converts to a temporary file and removes
+    it in an ``atexit`` hook, which a task process ending with ``os._exit`` never runs: without this,
+    a handful of ``__autograph_generated_file*.py`` per run would pile up in /tmp. The directory goes when
+    the task ends (:func:`_remove_private_tempdir`).
+    """
+    import tempfile
+
+    global _private_tempdir
+    tempfile.tempdir = None  # the job's TMPDIR, not what the warm process cached
+    _private_tempdir = tempfile.tempdir = tempfile.mkdtemp(prefix="tfscale-task-")
+
+
+def _remove_private_tempdir() -> None:
+    global _private_tempdir
+    if _private_tempdir is not None:
+        import shutil
+
+        shutil.rmtree(_private_tempdir, ignore_errors=True)
+        _private_tempdir = None
 
 
 def _run_job(job: Dict[str, Any], wfd: int) -> int:
@@ -470,6 +498,7 @@ def _run_job(job: Dict[str, Any], wfd: int) -> int:
         del os.environ[key]
     os.environ.update(job["env"])
     os.environ.update(IMPORT_ENV)
+    _use_private_tempdir()
     sys.argv = job["argv"]
     os.chdir(job["cwd"])
     if job["logging"]:

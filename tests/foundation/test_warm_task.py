@@ -79,9 +79,13 @@ def test_config_error_leaves_no_task_process(tmp_path):
 ])
 def test_which_process_trains(tmp_path, env, overrides, warm):
     token = _token()
-    proc = _popen([token, "trainer.epochs=2", *overrides], tmp_path, **env)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = _popen([token, "trainer.epochs=2", *overrides], tmp_path, TMPDIR=str(temp), **env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
+    # What the run wrote to temporary files (autograph's converted functions, among others) is gone with it.
+    assert sorted(p.name for p in temp.rglob("*")) == []
     record = json.loads((_run_dir(tmp_path) / "provenance.json").read_text())
     metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
     # The forked task process or a spawned one trains, never tfscale's own process.

@@ -385,14 +385,22 @@ def dialect(d: Mapping[str, Any]) -> str:
     return "native"
 
 
-def from_any_dict(spec_cls: type[StudySpec], d: Mapping[str, Any]) -> StudySpec:
-    """Dispatch on the shape of ``d``: AI Platform, Vertex or native."""
+def from_any_dict(spec_cls: type[StudySpec], d: Mapping[str, Any],
+                  param_map: Mapping[str, str] | None = None) -> StudySpec:
+    """Dispatch on the shape of ``d``: AI Platform, Vertex or native. ``param_map`` (parameterName to config
+    key) is for the AI Platform and Vertex forms; native parameters name their key themselves."""
     if not isinstance(d, Mapping):
         raise StudySpecError(f"study: must be a mapping, but got {type(d).__name__}.")
+    if param_map is not None and not isinstance(param_map, Mapping):
+        raise StudySpecError(f"param_map: must map parameterName to a config key, but got {param_map!r}. "
+                             f"Use e.g. param_map: {{n_layers: model.layers.1.units}}.")
     form = dialect(d)
     if form == "ai_platform":
-        return from_ai_platform(spec_cls, d, None)
+        return from_ai_platform(spec_cls, d, param_map)
     if form == "vertex":
-        return from_vertex(spec_cls, d, None, {})
+        return from_vertex(spec_cls, d, param_map, {})
+    if param_map is not None:
+        raise StudySpecError("param_map: only AI Platform and Vertex specs use it; native parameters name their "
+                             "config key with key:. Remove param_map.")
     return from_native(spec_cls, d)
 

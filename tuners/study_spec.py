@@ -232,8 +232,9 @@ class StudySpec:
 
     # -- conversions ----------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StudySpec:
-        """Build from the native dict form (``conf/study/*.yaml``), or from an AI Platform or Vertex dict.
+    def from_dict(cls, d: Mapping[str, Any], param_map: Mapping[str, str] | None = None) -> StudySpec:
+        """Build from the native dict form (``conf/study/*.yaml``), or from an AI Platform or Vertex dict
+        (with ``param_map``, their parameterName to config key map, see :meth:`from_ai_platform`).
 
         Native form::
 
@@ -260,7 +261,7 @@ class StudySpec:
               - {tag: quantization.quantized.accuracy, goal: MAXIMIZE}
               - {tag: quantization.quantized.tflite_bytes, goal: MINIMIZE}
         """
-        return _spec_parsers.from_any_dict(cls, d)
+        return _spec_parsers.from_any_dict(cls, d, param_map)
 
     @staticmethod
     def dialect(d: Mapping[str, Any]) -> str:

@@ -17,21 +17,30 @@ from typing import Any, List, Optional, Tuple
 from orchestrator.errors import ConfigError
 
 #: One directory name: starts with a letter or digit (so never '.', '..' or hidden), holds no separator.
-_NAME = re.compile(r"^[^\W_][\w.-]*$")
+_NAME = re.compile(r"[^\W_][\w.-]*")
 
 
-def check_name(key: str, value: Any, what: str, where: str) -> None:
-    """Refuse a name with path characters (``/``, ``\\``, ``..``, a leading ``.``), spaces or nothing in it.
+def is_plain_name(text: str, max_length: Optional[int] = None) -> bool:
+    """Whether ``text`` is one plain directory name (see :func:`check_name`)."""
+    return bool(_NAME.fullmatch(text)) and ".." not in text and (max_length is None or len(text) <= max_length)
 
+
+def check_name(key: str, value: Any, what: str, where: str, *, max_length: Optional[int] = None,
+               example: str = "my_experiment") -> str:
+    """``value`` as text if it is one plain directory name, else a ConfigError naming ``key``, the value and a fix.
+
+    A plain name: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit, no ``..`` (so no
+    ``/``, ``\\``, spaces, ``~`` or a leading dot), at most ``max_length`` characters when given.
     ``what``/``where``: what the name is and the directory it becomes, for the message ("An experiment name",
-    "runs/<experiment.name>/<time>"). The wording follows the study name's check.
+    "runs/<experiment.name>/<time>").
     """
-    text = str(value)
-    if _NAME.match(text) and ".." not in text:
-        return
-    fixed = re.sub(r"[^\w.-]+", "_", text).replace("..", "_").strip("._-") or "my_experiment"
+    text = value if isinstance(value, str) else str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    if text is not None and is_plain_name(text, max_length):
+        return text
+    fixed = re.sub(r"[^\w.-]+", "_", str(value)).replace("..", "_").strip("._-")[:max_length] or example
+    limit = f", at most {max_length} characters" if max_length else ""
     raise ConfigError(key, value, f"{what} is one directory name (it becomes {where}): letters, digits, '_', '-' and "
-                      f"'.', starting with a letter or digit, no '/' or '..'. Use e.g. {key}={fixed}.")
+                      f"'.', starting with a letter or digit, no '/' or '..'{limit}. Use e.g. {key}={fixed}.")
 
 
 def check_names(cfg: Any) -> None:

@@ -12,6 +12,12 @@ from typing import Any, List, Mapping, Optional, Sequence
 #: AI Platform/Vertex parameter-to-config-key map, and the earlier studies a warm start learns from.
 NODE_KEYS = ("name", "param_map", "warm_start_from")
 
+
+def split_node(raw: Mapping[str, Any]) -> "tuple[dict, dict]":
+    """A ``study:`` node as a plain dict: its spec (every key but :data:`NODE_KEYS`) and those keys' values."""
+    spec = dict(raw)
+    return spec, {key: spec.pop(key) for key in NODE_KEYS if key in spec}
+
 _VERTEX_TOP = ("studySpec", "metrics", "parameters", "algorithm", "measurementSelectionType", "observationNoise",
                "medianAutomatedStoppingSpec", "decayCurveStoppingSpec", "maxTrialCount", "parallelTrialCount",
                "maxFailedTrialCount")

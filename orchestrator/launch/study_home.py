@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from orchestrator.config.paths import check_name, is_plain_name
+from orchestrator.config.study_keys import split_node
 from orchestrator.errors import ConfigError
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SUBDIR = "trial_${hydra.job.num}"
 
 
@@ -41,19 +41,9 @@ class StudyNode:
 
 
 def check_study_name(name: Any, key: str = "study.name") -> str:
-    """``name`` if it is one plain directory name: letters, digits, ``_``, ``-`` and ``.``, starting with a
-    letter or digit, no ``..``, at most 128 characters.
-
-    Raises:
-        ConfigError: anything else (``/``, ``..``, spaces, ``~``, ...), naming the key, the value and a fix.
-    """
-    text = name if isinstance(name, str) else None
-    if text is not None and _NAME.fullmatch(text) and ".." not in text:
-        return text
-    fixed = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).replace("..", "_").strip("._-")[:128] or "my_study"
-    raise ConfigError(key, name, f"A study name is one directory name (the study lives in runs/studies/<name>): "
-                                 f"letters, digits, '_', '-' and '.', starting with a letter or digit, no '/' or "
-                                 f"'..', at most 128 characters. Use e.g. {key}={fixed}.")
+    """``name`` if it is one plain directory name of at most 128 characters (see
+    :func:`orchestrator.config.paths.check_name`); a ConfigError naming the key, the value and a fix otherwise."""
+    return check_name(key, name, "A study name", "runs/studies/<name>", max_length=128, example="my_study")
 
 
 def parse_study_node(node: Optional[Mapping[str, Any]], default_name: Optional[str] = None) -> StudyNode:
@@ -66,7 +56,7 @@ def parse_study_node(node: Optional[Mapping[str, Any]], default_name: Optional[s
         ConfigError: no study, a bad name or a bad ``warm_start_from``.
         StudySpecError: the spec is invalid (the message names the field and the fix).
     """
-    from tuners import StudySpec, StudySpecError
+    from tuners import StudySpec
 
     if node is None:
         raise ConfigError("study", None, "hydra/sweeper=tfscale runs a study: pick one with study=NAME "
@@ -74,37 +64,24 @@ def parse_study_node(node: Optional[Mapping[str, Any]], default_name: Optional[s
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     if not isinstance(raw, dict):
         raise ConfigError("study", raw, "The study must be a mapping (see conf/study/*.yaml).")
-    name = raw.pop("name", None)
+    raw, extras = split_node(raw)
+    name = extras.get("name")
     if name is None:
         if not default_name:
             raise ConfigError("study.name", None, "The study has no name: set study.name=<name> (its directory "
                                                   "is runs/studies/<name>, where the same command resumes it).")
         name = check_study_name(default_name.replace("/", "-"), "study")
     name = check_study_name(name)
-    param_map = raw.pop("param_map", None)
-    sources, key = _warm_start_sources(raw)
-    if param_map is not None and not isinstance(param_map, dict):
-        raise StudySpecError(f"param_map: must map parameterName to a config key, but got {param_map!r}. "
-                             f"Use e.g. param_map: {{n_layers: model.layers.1.units}}.")
-    form = StudySpec.dialect(raw)
-    if form == "ai_platform":
-        spec = StudySpec.from_ai_platform(raw, param_map)
-    elif form == "vertex":
-        spec = StudySpec.from_vertex(raw, param_map)
-    elif param_map is not None:
-        raise StudySpecError("param_map: only AI Platform and Vertex specs use it; native parameters name their "
-                             "config key with key:. Remove param_map.")
-    else:
-        spec = StudySpec.from_dict(raw)
+    sources, key = _warm_start_sources(raw, extras.get("warm_start_from"))
+    spec = StudySpec.from_dict(raw, extras.get("param_map"))
     return StudyNode(spec, name, sources, key)
 
 
-def _warm_start_sources(raw: dict) -> Tuple[Tuple[str, ...], str]:
-    """Pop ``warm_start_from`` (and read AI Platform's ``resumePreviousJobId``): the earlier studies and the
-    key they were given under."""
+def _warm_start_sources(raw: dict, given: Any) -> Tuple[Tuple[str, ...], str]:
+    """The earlier studies of ``warm_start_from`` (``given``) and of the spec's AI Platform
+    ``resumePreviousJobId``, and the key they were given under."""
     sources: List[Any] = []
     key = "study.warm_start_from"
-    given = raw.pop("warm_start_from", None)
     if given is not None:
         sources += list(given) if isinstance(given, (list, tuple)) else [given]
     hyper, where = raw, "study"
@@ -176,7 +153,7 @@ def _location(source: str, runs_dir: str) -> str:
     ``<runs_dir>/studies``; anything else is a path or bucket URI."""
     from orchestrator.artifacts import storage
 
-    if _NAME.fullmatch(source) and ".." not in source and not source.endswith((".db", ".sqlite", ".sqlite3")):
+    if is_plain_name(source, 128) and not source.endswith((".db", ".sqlite", ".sqlite3")):
         return storage.join(runs_dir, "studies", source) if storage.is_remote(runs_dir) else str(Path(runs_dir) / "studies" / source)
     return source if storage.is_remote(source) else os.path.expanduser(source)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+from orchestrator.config.study_keys import split_node
 from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,23 +49,17 @@ def load_study(cfg: ExperimentConfig) -> Any:
             raw = raw.get("spec", raw) if isinstance(raw, dict) else raw
         else:
             raise ConfigError("vertex.study_file", None, "vertex.tuning=true needs a study: choose study=<option> or set vertex.study_file=<study YAML>.")
-        param_map = dict(v.study_param_map or {})
+        param_map = dict(v.study_param_map or {}) or None
         if isinstance(raw, dict):
-            raw.pop("name", None)  # the study's directory name for `tfscale -m`, not part of the spec
-            warm = raw.pop("warm_start_from", None)
-            if warm:
-                raise ConfigError("study.warm_start_from", warm, "A Vertex AI tuning job starts its study cold; run "
-                                  "the study with `tfscale -m` to warm-start it, or remove warm_start_from.")
-            own_map = raw.pop("param_map", None)
-            if isinstance(own_map, dict) and not param_map:
-                param_map = dict(own_map)
-        form = StudySpec.dialect(raw) if isinstance(raw, dict) else "native"
-        if form == "ai_platform":
-            _refuse_resume(raw, key)
-            return StudySpec.from_ai_platform(raw, param_map or None)
-        if form == "vertex":
-            return StudySpec.from_vertex(raw, param_map or None)
-        return StudySpec.from_dict(raw)
+            raw, extras = split_node(raw)  # its name is the study's directory for `tfscale -m`, not the spec's
+            if extras.get("warm_start_from"):
+                raise ConfigError("study.warm_start_from", extras["warm_start_from"], "A Vertex AI tuning job starts "
+                                  "its study cold; run the study with `tfscale -m` to warm-start it, or remove "
+                                  "warm_start_from.")
+            param_map = param_map or extras.get("param_map")
+            if StudySpec.dialect(raw) == "ai_platform":
+                _refuse_resume(raw, key)
+        return StudySpec.from_dict(raw, param_map)
     except StudySpecError as exc:
         raise ConfigError(key, v.study_file or "study", str(exc)) from None
 

@@ -121,3 +121,14 @@ def test_help_and_cfg_job_without_tensorflow(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert "trainer" in proc.stdout
+
+
+@pytest.mark.parametrize("name", ["abc\n", ".hidden", "_x", "a/b", "..", "a..b", "a b", "n" * 129])
+def test_a_name_that_becomes_a_directory_is_one_plain_name(name):
+    from orchestrator.config.paths import check_name
+    from orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one directory name") as caught:
+        check_name("study.name", name, "A study name", "runs/studies/<name>", max_length=128)
+    assert "study.name=" in str(caught.value)
+    assert check_name("study.name", "lr-sweep_2.b", "A study name", "runs/studies/<name>", max_length=128) == "lr-sweep_2.b"

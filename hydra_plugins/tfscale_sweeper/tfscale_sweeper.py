@@ -29,6 +29,7 @@ class StudySweeperConf:
     _target_: str = f"{_PREFIX}.StudySweeper"
     store: Optional[str] = None  # study store: null = <hydra.sweep.dir>/study.db; a .db path or sqlite:/// URL
     poll_interval_s: float = 1.0  # how often running trials' per-epoch metrics are read
+    lease_ttl_s: float = 120.0  # bucket study: its lease, renewed every ttl/4, is taken over after this long unrenewed
     plots: bool = True  # PNG plots in the results (matplotlib)
 
 

@@ -19,7 +19,9 @@ Platform (``trainingInput: ...``) or Vertex (``studySpec: ...``) dict given verb
 * ``param_map`` — AI Platform/Vertex only: ``parameterName`` → config key;
 * ``warm_start_from`` — earlier studies whose completed trials the designer learns from.
 
-See :mod:`orchestrator.launch.study_home`. One driver runs a study at a time (the store's driver lock).
+See :mod:`orchestrator.launch.study_home`. One driver runs a study at a time (the store's driver lock; a
+study in a bucket also by a lease in the bucket, :mod:`orchestrator.launch.study_lease`, renewed while the
+driver runs and checked before every upload).
 
 **The objectives** of a trial — the value of each study metric, by its tag — are read by
 :mod:`orchestrator.launch.objectives`: from the trial's return value (``metrics.json``), else its
@@ -54,6 +56,7 @@ from orchestrator.launch.objectives import (  # noqa: F401  (objective_from_* re
     tags_found,
     trial_objectives,
 )
+from orchestrator.launch.study_lease import LEASE_DIR, LeaseLostError
 from orchestrator.launch.trial_channel import TrialChannel
 from orchestrator.runtime import collection, supervisor
 
@@ -144,9 +147,12 @@ class _OneJobPerCall:
 class StudySweeper(Sweeper):
     """Runs the study of the root ``study:`` node; see the module docstring."""
 
-    def __init__(self, store: Optional[str] = None, poll_interval_s: float = 1.0, plots: bool = True) -> None:
+    def __init__(self, store: Optional[str] = None, poll_interval_s: float = 1.0, plots: bool = True,
+                 lease_ttl_s: float = 120.0) -> None:
         self.store = store
         self.poll_interval_s = float(poll_interval_s)
+        self.lease_ttl_s = float(lease_ttl_s)
+        self._lease: Any = None  # a bucket study's lease (orchestrator.launch.study_lease), while this driver holds it
         self.plots = bool(plots)
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -197,9 +203,6 @@ class StudySweeper(Sweeper):
             raise SystemExit(exc.code if isinstance(exc, SystemExit) else supervisor.exit_code(exc)) from None
 
     def _sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
-        from tuners import Study, StudyStore, progress_line, write_results
-
-        from orchestrator.artifacts.run_record import RunRecord
         from orchestrator.launch import study_home
 
         assert self.config is not None and self.hydra_context is not None
@@ -210,6 +213,19 @@ class StudySweeper(Sweeper):
         self._validate(spec, base)
 
         sweep_dir, study_uri = self._local_sweep_dir(name)
+        try:
+            return self._drive(spec, node, name, base, sweep_dir, study_uri)
+        finally:
+            if self._lease is not None:  # the next driver, on any machine, may start at once
+                self._release_lease()
+
+    def _drive(self, spec: Any, node: Any, name: str, base: List[str], sweep_dir: Path,
+               study_uri: Optional[str]) -> List[Sequence[JobReturn]]:
+        from tuners import Study, StudyStore, progress_line, write_results
+
+        from orchestrator.artifacts.run_record import RunRecord
+        from orchestrator.launch import study_home
+
         # Each trial's job config is composed anew from the command line: give it the study's directories too.
         base = [*base, *self._dir_overrides]
         prior = study_home.load_warm_starts(spec, node, runs_dir=str(self.config.get("runs_dir") or "runs"),
@@ -235,6 +251,8 @@ class StudySweeper(Sweeper):
         self._tag_seen = any(t.objective is not None for t in study.trials)
         try:
             returns = self._run_trials(study, base, sweep_dir, study_uri)
+        except LeaseLostError:
+            raise  # the study is another driver's now: its files are not to be overwritten
         except BaseException:
             write_results(study, sweep_dir, plots=False)
             self._upload(sweep_dir, study_uri)
@@ -272,6 +290,9 @@ class StudySweeper(Sweeper):
         The study store, the trials' run directories and Hydra's job outputs need a local directory (trial
         processes write there, and a study is resumed from its store); a bucket study directory is
         downloaded into a temporary one first (resuming a study kept there) and uploaded after every batch.
+        Before anything is downloaded the driver takes the study's lease in the bucket
+        (:mod:`orchestrator.launch.study_lease`): while another driver holds it, this one stops here having
+        written nothing, on any machine.
         """
         from omegaconf import open_dict, read_write
         from tuners.study_spec import format_override_value
@@ -289,8 +310,20 @@ class StudySweeper(Sweeper):
             import tempfile
 
             storage.check_access(target, "hydra.sweep.dir")
-            local = tempfile.mkdtemp(prefix="tfscale-study-")
-            storage.download_dir(target, local)
+            self._acquire_lease(target, name)
+            try:
+                local = tempfile.mkdtemp(prefix="tfscale-study-")
+                storage.download_dir(target, local)
+                for rel in self._NOT_MIRRORED:  # another driver's leftovers, meaningless here
+                    storage.remove(Path(local) / rel)
+                self._lease.renew()  # a long download counts against the lease too
+            except BaseException:
+                self._release_lease()
+                if local != target:
+                    import shutil
+
+                    shutil.rmtree(local, ignore_errors=True)
+                raise
             dirs["dir"] = local  # the launcher places the trials' job directories here
         with read_write(self.config.hydra), open_dict(self.config.hydra):
             for key, value in dirs.items():
@@ -300,12 +333,51 @@ class StudySweeper(Sweeper):
                                for key, value in dirs.items()]
         return Path(local), (target if storage.is_remote(target) else None)
 
-    @staticmethod
-    def _upload(sweep_dir: Path, study_uri: Optional[str]) -> None:
-        if study_uri is not None:
-            from orchestrator.artifacts import publish
+    # Not mirrored between a bucket study and a driver's scratch copy: the lease lives in the bucket only, the
+    # store's POSIX lock in the scratch copy only (it would name a driver of another scratch copy).
+    _NOT_MIRRORED = (LEASE_DIR, "study.db.lock")
 
-            publish.publish_tree(sweep_dir, study_uri)
+    def _acquire_lease(self, study_uri: str, name: Optional[str]) -> None:
+        from orchestrator.launch import study_lease
+
+        if not (self.lease_ttl_s > 0 and self.lease_ttl_s >= 4 * self.poll_interval_s):
+            raise ConfigError("hydra.sweeper.lease_ttl_s", self.lease_ttl_s,
+                              f"Use at least 4 x hydra.sweeper.poll_interval_s ({4 * self.poll_interval_s:g}s): the "
+                              f"driver renews its lease in the bucket every lease_ttl_s/4 seconds, between polls of "
+                              f"its trials. The default is 120.")
+        self._lease = study_lease.acquire(study_uri, self.lease_ttl_s)
+        old = self._lease.took_over
+        if old is not None:
+            print(f"[study] the previous driver of '{name or study_uri}' ({study_lease.describe(old)}) has not "
+                  f"renewed its lease in {study_uri} for more than {self.lease_ttl_s:g}s; taking it over.", flush=True)
+
+    def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        try:
+            lease.release()
+        except Exception as exc:  # an unreachable bucket: the lease expires after lease_ttl_s instead
+            log.warning("could not release the study's lease %s (%s); another driver can take the study over "
+                        "after hydra.sweeper.lease_ttl_s=%gs", lease.uri, exc, lease.ttl_s)
+
+    def _upload(self, sweep_dir: Path, study_uri: Optional[str]) -> None:
+        """Mirror the scratch copy into the bucket study, if this driver still holds its lease.
+
+        Raises:
+            LeaseLostError: another driver took the study over; nothing was uploaded.
+        """
+        if study_uri is None:
+            return
+        from orchestrator.artifacts import publish
+
+        if self._lease is not None:
+            # check()s first; renewed now, the lease cannot go stale while the upload runs (unless it runs for
+            # longer than lease_ttl_s)
+            self._lease.renew(force=True)
+        publish.publish_tree(sweep_dir, study_uri, skip=self._not_mirrored)
+
+    @classmethod
+    def _not_mirrored(cls, rel: str) -> bool:
+        return Path(rel).as_posix() in cls._NOT_MIRRORED or Path(rel).parts[:1] == (LEASE_DIR,)
 
     # -- before any trial ---------------------------------------------------------------------------
     def _base_overrides(self, arguments: List[str]) -> List[str]:
@@ -414,6 +486,8 @@ class StudySweeper(Sweeper):
                         print(f"[study] trial {trial_id}: stopped early by the {study.spec.early_stopping.rule.name} "
                               f"rule", flush=True)
                 ended = launcher.poll(self.poll_interval_s)
+                if self._lease is not None:
+                    self._lease.renew()  # every lease_ttl_s/4; raises once another driver took the study over
                 now = time.time()
                 first_error: Optional[BaseException] = None
                 for job, ret in ended:

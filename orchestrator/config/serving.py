@@ -125,9 +125,15 @@ class ServingConfig:
     max_json_depth: int = 64  # REST bodies nested deeper get 400 (checked before JSON decoding)
     max_request_elements: int = 16 * 1024 * 1024  # values in one request (REST JSON or gRPC tensors); more get 400
     max_request_bytes: int = 256 * 1024 * 1024  # decoded gRPC tensor bytes per request; more get INVALID_ARGUMENT
-    rest_max_workers: int = 32  # REST handler threads; further connections wait in the accept queue
-    rest_read_timeout_s: float = 10.0  # a REST client silent this long while sending headers/body is disconnected
-    max_inflight_requests: int = 64  # predict requests in progress at once; more get 429 / RESOURCE_EXHAUSTED
+    rest_max_workers: int = 32  # REST handler threads; further connections wait for one (rest_max_pending_connections)
+    # Connections accepted and waiting for a free REST worker; one more is answered 503 at once and closed.
+    rest_max_pending_connections: Optional[int] = None  # null = 4 x rest_max_workers; 0 = none wait
+    # A REST request (request line, headers and body) must arrive within this long of its first byte, and an
+    # idle keep-alive connection waits this long for its next request; past either it is closed.
+    rest_read_timeout_s: float = 10.0
+    # Predict/classify/regress and model status/metadata requests in progress at once, REST and gRPC together;
+    # more get 429 / RESOURCE_EXHAUSTED (the Prometheus page is not counted).
+    max_inflight_requests: int = 64
     warmup: bool = True  # one call on each new version before it takes traffic
     ready_file: Optional[str] = None  # JSON {"rest_port", "grpc_port", "pid"} written once serving
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)  # Prometheus endpoint on the REST port
@@ -237,6 +243,9 @@ def check_serving(s: ServingConfig, key: str = "serving") -> None:
                  "max_inflight_requests", "rest_read_timeout_s"):
         if not getattr(s, name) > 0:
             raise ConfigError(f"{key}.{name}", getattr(s, name), "Use a positive number.")
+    if s.rest_max_pending_connections is not None and s.rest_max_pending_connections < 0:
+        raise ConfigError(f"{key}.rest_max_pending_connections", s.rest_max_pending_connections,
+                          "Use a number of connections >= 0, or null for 4 x rest_max_workers.")
     if s.model_name is not None and ("/" in s.model_name or s.model_name.startswith(".")):
         raise ConfigError(f"{key}.model_name", s.model_name, "Give the model's directory name under model_base, not a path.")
     if s.model_base_path is not None and not str(s.model_base_path).strip():

@@ -1,5 +1,9 @@
 """The gRPC API of TF Serving: ``PredictionService`` (Predict, Classify, Regress, GetModelMetadata) and
-``ModelService`` (GetModelStatus, HandleReloadConfigRequest), with the ``tensorflow_serving.apis`` messages."""
+``ModelService`` (GetModelStatus, HandleReloadConfigRequest), with the ``tensorflow_serving.apis`` messages.
+
+Predict, Classify, Regress and GetModelMetadata run under the in-flight limiter shared with REST: past
+``serving.max_inflight_requests`` they get RESOURCE_EXHAUSTED. GetModelStatus (health checks) and
+HandleReloadConfigRequest are not capped."""
 from __future__ import annotations
 
 import logging
@@ -156,7 +160,7 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
                 if fields - {"signature_def"} or not fields:
                     raise codec.invalid(f"Metadata field(s) {sorted(fields) or '[]'} not supported; use 'signature_def'")
                 name, version, label = _spec_of(request)
-                with manager.resolve(name, version, label) as lv:
+                with inflight, manager.resolve(name, version, label) as lv:
                     defs = get_model_metadata_pb2.SignatureDefMap()
                     for k, v in lv.signature_defs().items():
                         defs.signature_def[k].CopyFrom(v)
@@ -176,6 +180,7 @@ def build_services(manager: ModelManager, allow_nonfinite: bool, inflight: Optio
                 name, version, label = _spec_of(request)
                 response = get_model_status_pb2.GetModelStatusResponse()
                 State = get_model_status_pb2.ModelVersionStatus.State
+                # Not capped, as REST's status GET: it only reads states, and health checks ask it.
                 for v, st in manager.status(name, version, label):
                     item = response.model_version_status.add(version=v, state=State.Value(st.state))
                     item.status.error_code = 0 if st.error_code == "OK" else 2  # tensorflow.error.Code: OK / UNKNOWN

@@ -5,14 +5,31 @@ Routes: ``GET /v1/models/{name}[/versions/{v}|/labels/{l}]`` (status), ``.../met
 exported with those signatures, see :mod:`orchestrator.serving.examples`), and ``GET <prometheus path>`` (TF Serving's
 metrics, see :mod:`orchestrator.serving.metrics`).
 Errors are ``{"error": "..."}`` with 400 (bad request, including a malformed version such as ``/versions/x``),
-404 (unknown model/version/label/route), 413 (body over ``max_body_bytes``), 429 (more than
-``max_inflight_requests`` in flight) or 503 (batch queue full).
+404 (unknown model/version/label/route), 408 (request not received in time, see below), 413 (body over
+``max_body_bytes``), 429 (more than ``max_inflight_requests`` in flight) or 503 (batch queue full, or too many
+connections waiting for a worker).
+
+Limits of the embedded server (:class:`RestServer`), each a ``serving.`` setting:
+
+* ``rest_max_workers`` threads serve connections, one connection each at a time (keep-alive included).
+* ``rest_max_pending_connections`` (default 4 x ``rest_max_workers``) accepted connections may wait for a free
+  worker. One more is answered ``503`` at once by the accepting thread (a non-blocking send; closed without an
+  answer over HTTPS, or when the send would block) and closed, so a flood of connections holds bounded sockets.
+* ``rest_read_timeout_s`` is a deadline for a whole request: its request line, headers and body must arrive
+  within that long of its first byte, however slowly they trickle in; past it the connection is answered ``408``
+  (when nothing of an answer was sent yet) and closed. Between requests an idle keep-alive connection waits up
+  to ``rest_read_timeout_s`` for the next one, and the TLS handshake has the same bound.
+* ``max_inflight_requests`` counts predict, classify, regress and metadata requests (REST and gRPC share the
+  limiter); past it they get ``429``. Model status (what readiness probes ask) and the Prometheus page are
+  outside the cap, so health checks and monitoring still reach a busy server.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,17 +151,20 @@ class RestApi:
                             f"limit of {self.max_body_bytes} (serving.max_body_bytes)")
 
     def get(self, path: str) -> Reply:
-        """Answer ``GET path``: model status, metadata or the metrics page."""
+        """Answer ``GET path``: model status, metadata (under the in-flight cap) or the metrics page."""
         try:
             if self.metrics_path and path.split("?", 1)[0] == self.metrics_path:
                 return Reply(200, self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
             name, version, label, tail = _route("GET", path)
-            if tail == "":
-                payload = status_json(self.manager, name, version, label)
-            elif tail == "/metadata":
-                payload = metadata_json(self.manager, name, version, label)
-            else:
+            if tail not in ("", "/metadata"):
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{tail[1:]} needs POST")
+            if tail == "":
+                # Not capped: it only reads the versions' states, and readiness probes ask it (a pod that is
+                # merely busy must not be taken out of its service).
+                payload = status_json(self.manager, name, version, label)
+            else:
+                with self.inflight:  # the same cap as inference: a flood of metadata calls cannot crowd it out
+                    payload = metadata_json(self.manager, name, version, label)
             self.counters.add("status" if tail == "" else "metadata", 200)
             return Reply(200, json.dumps(payload).encode())
         except RequestError as e:
@@ -216,6 +236,76 @@ class RestApi:
         return examples.results_json(results)
 
 
+def _closing_answer(status: int, reason: str, message: str) -> bytes:
+    """A whole HTTP/1.1 answer ``{"error": message}`` that closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def _send_nowait(sock: Any, data: bytes) -> None:
+    """Send ``data`` if the socket's buffer takes it now; never blocks (the connection is closed next)."""
+    try:
+        sock.settimeout(0.0)
+        sock.send(data)
+    except OSError:  # would block, reset, or TLS wanting a read: the close alone tells the client
+        pass
+
+
+class _RequestClock(io.RawIOBase):
+    """A connection's reads, under one deadline per request (the raw stream under the handler's ``rfile``).
+
+    Between requests a read waits up to ``timeout_s`` (an idle keep-alive connection); the first bytes of a
+    request start its deadline, ``timeout_s`` later, and every read until the request has been read waits
+    only for what is left of it, so a client trickling its request in cannot hold a worker past the deadline.
+    """
+
+    def __init__(self, sock: Any, timeout_s: float):
+        super().__init__()
+        self._sock = sock
+        self.timeout_s = timeout_s
+        self._deadline: Optional[float] = None  # set while a request is being read
+        self._arm = False  # the next bytes read are the first of a request: they start the deadline
+        self.expired = False  # the current request ran past its deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def await_request(self) -> None:
+        """Between requests: the next read waits one ``timeout_s`` for the next request's first bytes."""
+        self._deadline, self._arm, self.expired = None, True, False
+
+    def request_started(self) -> None:
+        """The request's first bytes are here (read now, or left over from the previous read)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.timeout_s
+        self._arm = False
+
+    def request_read(self) -> None:
+        """The request is read: no deadline while it is answered; sends are bounded by ``timeout_s`` each."""
+        if self._deadline is not None or self._arm:
+            self._deadline, self._arm = None, False
+            self._sock.settimeout(self.timeout_s)
+
+    def readinto(self, buffer: Any) -> int:
+        if self._deadline is None:
+            self._sock.settimeout(self.timeout_s)
+            n = self._sock.recv_into(buffer)
+            if n and self._arm:
+                self.request_started()
+            return n
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError(f"request not received within {self.timeout_s:g} s of its first byte")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = True
+            raise
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One connection of :class:`RestServer`: reads requests off the socket, answers with its :class:`RestApi`."""
 
@@ -227,10 +317,46 @@ class _Handler(BaseHTTPRequestHandler):
     server: "RestServer"
 
     def setup(self) -> None:
-        # A socket timeout bounds every read of the request line, headers and body: a client that stalls
-        # mid-request is disconnected instead of holding a worker thread forever.
         self.timeout = self.server.read_timeout_s
         super().setup()
+        # Reads go through a clock that holds each request, not each read, to read_timeout_s: a client that
+        # stalls or trickles its request is disconnected instead of holding a worker thread.
+        self.rfile.close()
+        self._clock = _RequestClock(self.connection, self.server.read_timeout_s)
+        self.rfile = io.BufferedReader(self._clock)
+        self._answering = False
+
+    def handle_one_request(self) -> None:
+        self._clock.await_request()
+        self._answering = False
+        self.requestline, self.request_version, self.command = "", self.protocol_version, ""
+        try:
+            # The idle wait for the next request; bytes already buffered (pipelining) return at once.
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # idle past read_timeout_s (TimeoutError), or the client went away
+            self.close_connection = True
+            return
+        self._clock.request_started()
+        super().handle_one_request()
+        if self._clock.expired:
+            self.close_connection = True
+            if not self._answering:
+                self._send_timeout()
+
+    def _send_timeout(self) -> None:
+        """408 on a request past its deadline: one non-blocking send, as the client may not be reading."""
+        self.server.counters.add("error", 408)
+        _send_nowait(self.connection, _closing_answer(
+            408, "Request Timeout", f"Request not received within {self.server.read_timeout_s:g} s of its first "
+            "byte (serving.rest_read_timeout_s); send the whole request at once"))
+
+    def send_response_only(self, code: int, message: Optional[str] = None) -> None:
+        # Every answer (ours and http.server's own errors) starts here: the request has been read.
+        self._clock.request_read()
+        self._answering = True
+        super().send_response_only(code, message)
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("rest %s - " + fmt, self.address_string(), *args)
@@ -300,33 +426,75 @@ class RestServer(ThreadingHTTPServer, RestApi):
 
     def __init__(self, host: str, port: int, manager: ModelManager, *, allow_nonfinite: bool, max_body_bytes: int,
                  metrics_path: Optional[str] = "/monitoring/prometheus/metrics", max_workers: int = 32,
-                 read_timeout_s: float = 10.0, max_json_depth: int = 64, max_request_elements: int = 1 << 24,
-                 inflight: Optional[InflightLimiter] = None, ssl_context: Optional[Any] = None,
-                 metrics: Optional[ServingMetrics] = None):
+                 max_pending: Optional[int] = None, read_timeout_s: float = 10.0, max_json_depth: int = 64,
+                 max_request_elements: int = 1 << 24, inflight: Optional[InflightLimiter] = None,
+                 ssl_context: Optional[Any] = None, metrics: Optional[ServingMetrics] = None):
         ThreadingHTTPServer.__init__(self, (host, port), _Handler)
         RestApi.__init__(self, manager, allow_nonfinite=allow_nonfinite, max_body_bytes=max_body_bytes,
                          metrics_path=metrics_path, max_json_depth=max_json_depth,
                          max_request_elements=max_request_elements, inflight=inflight, metrics=metrics)
         self.ssl_context = ssl_context  # HTTPS: each connection's handshake runs in its worker, not in accept()
-        # A fixed pool instead of a thread per connection: connections past max_workers wait in the
-        # pool's queue (their sockets only), and read_timeout_s frees workers held by stalled clients.
+        # A fixed pool instead of a thread per connection: at most max_pending connections wait in the pool's
+        # queue (their sockets only; more are refused), and read_timeout_s frees workers held by slow clients.
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rest")
+        self.max_workers = max_workers
+        self.max_pending = 4 * max_workers if max_pending is None else max_pending
+        self._held = 0  # connections being served or waiting for a worker, at most max_workers + max_pending
         self._open: set = set()
         self._open_lock = threading.Lock()
         self.read_timeout_s = read_timeout_s
+        self._refusal = _closing_answer(
+            503, "Service Unavailable", f"Too many connections waiting for a REST worker ({self.max_workers} busy "
+            f"and {self.max_pending} waiting; serving.rest_max_workers, serving.rest_max_pending_connections); "
+            "retry later")
+        self._refused = 0  # refused since the last warning
+        self._refusal_logged = 0.0
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the connection to the worker pool (ThreadingHTTPServer would start a thread for each)."""
-        self._pool.submit(self._serve_connection, request, client_address)
+        """Hand the connection to the worker pool (ThreadingHTTPServer would start a thread for each), or refuse
+        it at once when ``max_pending`` connections already wait for a worker."""
+        with self._open_lock:
+            admitted = self._held < self.max_workers + self.max_pending
+            if admitted:
+                self._held += 1
+                self._open.add(request)  # closed by server_close even if no worker ever takes it
+        if not admitted:
+            self._refuse(request, client_address)
+            return
+        try:
+            self._pool.submit(self._serve_connection, request, client_address)
+        except RuntimeError:  # the pool is shut down: the server is closing
+            with self._open_lock:
+                self._held -= 1
+                self._open.discard(request)
+            self.shutdown_request(request)
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        """503 and close, from the accepting thread: never waits on the client."""
+        self.counters.add("error", 503)
+        if self.ssl_context is None:  # over HTTPS an answer needs a handshake: closing is the answer
+            try:
+                request.setblocking(False)
+                request.recv(1 << 16)  # what already arrived: closing over unread bytes would reset the connection
+            except OSError:
+                pass
+            _send_nowait(request, self._refusal)
+        self.shutdown_request(request)
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10.0:
+            log.warning("rest: refused %d connection(s) from %s and others: %d busy and %d waiting for a worker "
+                        "(serving.rest_max_workers, serving.rest_max_pending_connections)",
+                        self._refused, client_address[0], self.max_workers, self.max_pending)
+            self._refused, self._refusal_logged = 0, now
 
     def _serve_connection(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
         try:
             if self.ssl_context is not None:
                 plain = request
                 try:
-                    # The handshake is bounded by the read timeout, so a silent client cannot hold the worker;
+                    # The socket timeout bounds the whole handshake (not each read), so a silent or trickling
+                    # client cannot hold the worker;
                     # with client-certificate verification on, a client without a valid certificate ends here.
                     plain.settimeout(self.read_timeout_s)
                     request = self.ssl_context.wrap_socket(plain, server_side=True)
@@ -342,11 +510,10 @@ class RestServer(ThreadingHTTPServer, RestApi):
         finally:
             with self._open_lock:
                 self._open.discard(request)
+                self._held -= 1
 
     def server_close(self) -> None:
         """Close the listening socket and every open connection, so no worker waits out a keep-alive."""
-        import socket
-
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._open_lock:

@@ -162,6 +162,7 @@ class EmbeddedServer:
         self.manager.poll_once()
         self.rest = RestServer(s.host, s.rest_port, self.manager, allow_nonfinite=s.allow_nonfinite,
                                max_body_bytes=s.max_body_bytes, max_workers=s.rest_max_workers,
+                               max_pending=s.rest_max_pending_connections,
                                read_timeout_s=s.rest_read_timeout_s, max_json_depth=s.max_json_depth,
                                max_request_elements=s.max_request_elements, inflight=self.inflight,
                                ssl_context=rest_tls, metrics=self.metrics,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -36,6 +37,34 @@ def _raw_post(port: int, path: str, headers: str, body: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode() + body)
         return s.recv(65536)
+
+
+def _read_to_close(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything the server sends until it closes the connection (a reset ends it too)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer (headers and Content-Length body) off a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_deeply_nested_json_is_400_not_500(server, digits_rows):
@@ -125,8 +154,9 @@ def test_stalled_connections_hold_bounded_threads_and_are_closed(repo, start_ser
         elapsed = time.monotonic() - start
         print(f"predict behind 200 stalled connections served in {elapsed:.2f} s")
         assert r.status_code == 200 and elapsed < 5
-        for s in stalled:  # each was disconnected by the server after rest_read_timeout_s
-            assert s.recv(1) == b""
+        for s in stalled:  # each was disconnected by the server after rest_read_timeout_s, with a 408 at most
+            answer = _read_to_close(s)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:80]
     finally:
         for s in stalled:
             s.close()
@@ -167,3 +197,133 @@ def test_limit_settings_must_be_positive(key):
         load_serving_config([f"serving.{key}=0"])
     assert info.value.key == f"serving.{key}"
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_trickled_request_is_cut_off_at_its_deadline(repo, start_server, digits_rows, part):
+    # Each byte arrives well within the read timeout; the request as a whole does not.
+    server = start_server(repo, rest_read_timeout_s=1.0)
+    head = (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n").encode()
+    trickle = head if part == "headers" else b" " * 100
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as s:
+        start = time.monotonic()
+        if part == "body":
+            s.sendall(head)
+        answer, other = None, None
+        for i in range(len(trickle)):
+            if time.monotonic() - start > 4:
+                break
+            try:
+                s.sendall(trickle[i:i + 1])
+            except OSError:  # reset: the server closed it
+                answer = b""
+                break
+            if i == 1:  # meanwhile another connection is served
+                other = requests.post(_url(server), json={"instances": digits_rows.tolist()}, timeout=10).status_code
+            if select.select([s], [], [], 0.3)[0]:
+                answer = _read_to_close(s)
+                break
+        elapsed = time.monotonic() - start
+    print(f"{part} trickled 1 byte / 0.3 s: cut off after {elapsed:.2f} s with {answer[:40] if answer else answer!r}")
+    assert other == 200
+    assert answer is not None and elapsed < 1.5, f"still open after {elapsed:.2f} s"
+    assert answer == b"" or (answer.startswith(b"HTTP/1.1 408") and b"rest_read_timeout_s" in answer), answer
+
+
+def test_an_idle_keepalive_connection_waits_one_timeout_for_each_request(repo, start_server):
+    server = start_server(repo, rest_read_timeout_s=1.0)
+    request = f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as s:
+        for _ in range(2):  # idle 0.7 s between requests: under the timeout, and the deadline restarts each time
+            s.sendall(request)
+            assert _read_answer(s).startswith(b"HTTP/1.1 200")
+            time.sleep(0.7)
+        s.sendall(request)
+        assert _read_answer(s).startswith(b"HTTP/1.1 200")
+        start = time.monotonic()
+        assert _read_to_close(s) == b""  # idle past the timeout: closed without an answer
+        assert 0.8 < time.monotonic() - start < 1.5
+
+
+def test_connections_past_the_pending_bound_get_503_at_once(repo, start_server):
+    server = start_server(repo, rest_max_workers=1, rest_max_pending_connections=1, rest_read_timeout_s=1.0)
+    address = ("127.0.0.1", server.rest_port)
+    request = f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    stalled = socket.create_connection(address, timeout=10)
+    extra = []
+    try:
+        stalled.sendall(b"GET /v1/mod")  # holds the only worker until its deadline
+        time.sleep(0.2)
+        waiting = socket.create_connection(address, timeout=10)  # the one connection allowed to wait
+        waiting.sendall(request)
+        time.sleep(0.1)
+        start = time.monotonic()
+        extra = [socket.create_connection(address, timeout=10) for _ in range(3)]
+        answers = [_read_to_close(s, timeout=0.5) for s in extra]
+        refused_in = time.monotonic() - start
+        print(f"3 connections past the bound refused in {refused_in:.3f} s")
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            assert b"rest_max_pending_connections" in answer and b"Connection: close" in answer
+        assert refused_in < 0.5
+        waiting.settimeout(5)
+        assert _read_answer(waiting).startswith(b"HTTP/1.1 200")  # served once the stalled one was cut off
+        assert _read_to_close(stalled).startswith(b"HTTP/1.1 408")
+        waiting.close()  # frees the worker from its keep-alive wait
+        r = requests.get(f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}", timeout=10)
+        assert r.status_code == 200
+    finally:
+        for s in [stalled, *extra]:
+            s.close()
+
+
+def test_metadata_counts_against_the_inflight_cap_while_status_stays_reachable(repo, start_server, digits_rows):
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                         prediction_service_pb2_grpc)
+
+    # A batch that waits 1.5 s to fill keeps the predict in flight deterministically.
+    server = start_server(repo, max_inflight_requests=1,
+                          batching={"enabled": True, "batch_timeout_micros": 1_500_000, "max_batch_size": 64})
+    base = f"http://127.0.0.1:{server.rest_port}"
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = MODEL
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = MODEL
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault(
+        "r", requests.post(_url(server), json={"instances": digits_rows.tolist()}, timeout=30)))
+    t.start()
+    try:
+        time.sleep(0.5)
+        for path in (f"/v1/models/{MODEL}/metadata", f"/v1/models/{MODEL}/versions/1/metadata"):
+            r = requests.get(base + path, timeout=10)
+            assert r.status_code == 429 and "max_inflight_requests" in r.json()["error"], (path, r.text)
+        # Status (readiness probes) and the metrics page answer a busy server.
+        for path in (f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/versions/1"):
+            assert requests.get(base + path, timeout=10).status_code == 200, path
+        r = requests.get(base + "/monitoring/prometheus/metrics", timeout=10)
+        assert r.status_code == 200 and "tfscale_serving_requests_total" in r.text
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(metadata, timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=10)
+            assert answer.model_version_status[0].version == 1
+    finally:
+        t.join(30)
+    assert first["r"].status_code == 200
+    assert requests.get(base + f"/v1/models/{MODEL}/metadata", timeout=10).status_code == 200
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=10)
+        assert answer.model_version_status[0].version == 1
+
+
+def test_pending_connection_bound_must_not_be_negative():
+    from orchestrator.errors import ConfigError
+    from orchestrator.serving.cli import load_serving_config
+
+    with pytest.raises(ConfigError) as info:
+        load_serving_config(["serving.rest_max_pending_connections=-1"])
+    assert info.value.key == "serving.rest_max_pending_connections" and "4 x rest_max_workers" in str(info.value)
+    assert load_serving_config(["serving.rest_max_pending_connections=0"]).rest_max_pending_connections == 0

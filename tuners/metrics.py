@@ -14,6 +14,9 @@ be given as
 * the Keras history name, ``val_accuracy`` (= ``validation/epoch_accuracy``) or ``accuracy`` (exact tag
   ``accuracy`` if present, else ``validation/epoch_accuracy``, else ``epoch_accuracy``).
 
+**Return values.** :func:`metric_value` finds a tag in a run's ``metrics.json``-shaped dict (see
+:func:`metric_paths` for the names it accepts).
+
 **Report file.** A trial process can call :func:`report_metric` to append ``{"tag", "value", "step",
 "time"}`` JSON lines to the file named by ``$TFSCALE_TRIAL_METRICS``; :func:`read_reported_metrics` reads
 them back, ignoring a half-written last line.
@@ -26,7 +29,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,8 @@ __all__ = [
     "crc32c",
     "iter_tfrecords",
     "list_tb_tags",
+    "metric_paths",
+    "metric_value",
     "read_reported_metrics",
     "read_tb_scalar",
     "report_metric",
@@ -43,6 +48,53 @@ __all__ = [
 ]
 
 METRICS_ENV_VAR = "TFSCALE_TRIAL_METRICS"
+
+
+# -------------------------------------------------------------------------------------- return values
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of a nested metrics dict by its dotted path (``validation.accuracy``)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flat_metrics(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def metric_paths(tag: str) -> list[str]:
+    """The dotted ``metrics.json`` paths a tag may name, most specific first.
+
+    ``validation.accuracy``-style paths and top-level keys as is; ``accuracy``/``epoch_accuracy`` →
+    itself, then ``validation.accuracy``, then ``test.accuracy`` (a run without a validation split);
+    ``val_accuracy``/``validation/epoch_accuracy`` → ``validation.accuracy``; ``test_accuracy`` →
+    ``test.accuracy``; ``train_loss``/``train/epoch_loss`` → ``train.loss``. Validation comes before test
+    because a search must not see the test split.
+    """
+    if "/" in tag:
+        split, _, name = tag.rpartition("/")
+        split = {"val": "validation", "eval": "validation"}.get(split, split)
+        name = name[len("epoch_"):] if name.startswith("epoch_") else name
+        return [f"{split}.{name}"]
+    if "." in tag:
+        return [tag]
+    for prefix, split in (("val_", "validation"), ("test_", "test"), ("train_", "train")):
+        if tag.startswith(prefix):
+            return [f"{split}.{tag[len(prefix):]}", *([tag] if split != "validation" else [])]
+    name = tag[len("epoch_"):] if tag.startswith("epoch_") else tag
+    return [tag, f"validation.{name}", f"test.{name}"]
+
+
+def metric_value(metrics: Any, tag: str) -> tuple[str | None, float | None]:
+    """``(path, value)`` of ``tag`` in a run's metrics dict (see :func:`metric_paths`); ``(None, None)`` if absent."""
+    if not isinstance(metrics, Mapping):
+        return None, None
+    flat = flat_metrics(metrics)
+    for key in metric_paths(tag):
+        if key in flat:
+            return key, flat[key]
+    return None, None
 
 
 def _crc_table() -> list[int]:

@@ -314,9 +314,10 @@ def _prestart_trial_process() -> None:
     trial_pool.prestart(dict(os.environ), tensorflow=warm_task.enabled(), grace=10.0)
 
 
-def _sweep_preflight(argv: List[str]) -> None:
+def _sweep_preflight(argv: List[str]) -> Any:
     """:func:`preflight` of a sweep whose warm trial process was started already: it stays only if the launcher
-    the sweep selects runs its trials from warm processes (see :func:`_prestart_trial_process`)."""
+    the sweep selects runs its trials from warm processes (see :func:`_prestart_trial_process`). Returns the
+    sweep's composed base config (None when there is none to compose)."""
     from orchestrator.launch import trial_pool
 
     try:
@@ -325,11 +326,12 @@ def _sweep_preflight(argv: List[str]) -> None:
             from orchestrator.launch.hydra_launchers import warm_pool_grace
 
             if warm_pool_grace(cfg) is not None:
-                return
+                return cfg
     except BaseException:
         trial_pool.discard_prestarted()  # the error is reported at once, with nothing left running
         raise
     trial_pool.discard_prestarted()
+    return cfg
 
 
 def _run(argv: List[str]) -> None:
@@ -356,8 +358,15 @@ def _run(argv: List[str]) -> None:
 
 
 def _run_sweep(argv: List[str], overrides: List[str]) -> None:
+    from omegaconf import OmegaConf
+
     _prestart_trial_process()
-    _sweep_preflight(argv)
+    cfg = _sweep_preflight(argv)
+    target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="") or "") if cfg is not None else ""
+    if not target.startswith("hydra_plugins.tfscale_sweeper."):
+        # Only tfscale's sweeper ends the pause (once its first trials started); under any other the driver
+        # runs its whole sweep with the collector on.
+        collection.resume()
     _run_hydra(argv, overrides)
 
 

@@ -16,7 +16,9 @@ A tag is looked up in this order:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from tuners.metrics import flat_metrics, metric_paths, metric_value
 
 from orchestrator.errors import ConfigError
 from orchestrator.launch.trial_channel import TrialChannel
@@ -25,52 +27,14 @@ from orchestrator.launch.trial_channel import TrialChannel
 _LABELLED = ("accuracy", "agreement", "accuracy_drop")
 
 
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
-    out: Dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def metric_candidates(tag: str) -> List[str]:
-    """Dotted ``metrics.json`` paths the tag may name, most specific first (see the module docstring)."""
-    if "/" in tag:
-        split, _, name = tag.rpartition("/")
-        split = {"val": "validation", "eval": "validation"}.get(split, split)
-        name = name[len("epoch_"):] if name.startswith("epoch_") else name
-        return [f"{split}.{name}"]
-    if "." in tag:
-        return [tag]
-    if tag.startswith("val_"):
-        return [f"validation.{tag[4:]}"]
-    if tag.startswith("test_"):
-        return [f"test.{tag[5:]}", tag]
-    name = tag[len("epoch_"):] if tag.startswith("epoch_") else tag
-    return [tag, f"validation.{name}", f"test.{name}"]
-
-
-def _lookup(metrics: Any, tag: str) -> Tuple[Optional[str], Optional[float]]:
-    if not isinstance(metrics, Mapping):
-        return None, None
-    flat = _flatten(metrics)
-    for key in metric_candidates(tag):
-        if key in flat:
-            return key, flat[key]
-    return None, None
-
-
 def objective_from_metrics(metrics: Any, tag: str) -> Optional[float]:
     """The value of ``tag`` in a trial's return value, or None."""
-    return _lookup(metrics, tag)[1]
+    return metric_value(metrics, tag)[1]
 
 
 def epoch_key(tag: str) -> Optional[str]:
     """The ``epochs.jsonl`` key carrying ``tag`` per epoch (Keras history names), or None."""
-    for key in metric_candidates(tag):
+    for key in metric_paths(tag):
         split, _, name = key.rpartition(".")
         if split == "validation":
             return f"val_{name}"
@@ -102,7 +66,7 @@ def tags_found(metrics: Any, channel: TrialChannel) -> List[str]:
     """Every metric name a trial reported: return value paths, TensorBoard tags, report_metric tags."""
     from tuners import list_tb_tags
 
-    found = sorted(_flatten(metrics)) if isinstance(metrics, Mapping) else []
+    found = sorted(flat_metrics(metrics)) if isinstance(metrics, Mapping) else []
     found = [k for k in found if not k.startswith("history.")]
     found += list_tb_tags(_tb_dir(channel.dir)) if channel.dir.exists() else []
     found += sorted({r.get("tag") for r in channel.reported_metrics()} - {None})
@@ -129,7 +93,7 @@ def trial_objectives(metrics: Any, channel: TrialChannel, tags: Sequence[str]) -
     """
     values: Dict[str, Optional[float]] = {}
     for tag in tags:
-        key, value = _lookup(metrics, tag)
+        key, value = metric_value(metrics, tag)
         if key is not None:
             _check_unseen_test_split(metrics, tag, key)
         values[tag] = value if value is not None else objective_from_files(channel, tag)

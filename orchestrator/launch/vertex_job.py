@@ -120,12 +120,23 @@ class VertexBackend(Backend):
             from orchestrator.vertex import tuning
 
             trials = tuning.store_trials(final, spec, run_dir)
-            best = tuning.best_trial(trials, spec)
             facts["trials"] = len(trials)
             facts["study_store"] = str(run_dir / "study.db")
-            if best is not None:
-                facts["best_trial"] = {"id": best.id, "parameters": best.parameters, "objective": best.objective}
-                print(f"tfscale: best trial {best.id}: {spec.metric.tag}={best.objective} {best.parameters}", flush=True)
+            if spec.is_multi_objective:
+                from tuners.pareto import pareto_front
+
+                front = pareto_front(trials, spec.metrics)
+                facts["pareto_trials"] = [{"id": t.id, "parameters": t.parameters, "objectives": t.objectives}
+                                          for t in front]
+                for t in front:
+                    values = " ".join(f"{m.tag}={t.objectives[m.tag]}" for m in spec.metrics)
+                    print(f"tfscale: Pareto trial {t.id}: {values} {t.parameters}", flush=True)
+            else:
+                best = tuning.best_trial(trials, spec)
+                if best is not None:
+                    facts["best_trial"] = {"id": best.id, "parameters": best.parameters, "objective": best.objective}
+                    print(f"tfscale: best trial {best.id}: {spec.metric.tag}={best.objective} {best.parameters}",
+                          flush=True)
         return _record(run_dir, facts)
 
 

@@ -37,30 +37,34 @@ def report_metric(tag: str, value: float, global_step: Optional[int] = None, *, 
     return path
 
 
-def objective(metrics: Mapping[str, Any], tag: str) -> Optional[float]:
-    """The value of ``tag`` in a task's metrics.
+#: The tags of every metric of a multi-objective study, comma-separated: set by tfscale on each trial of a Vertex
+#: tuning job next to ``CLOUD_ML_HP_METRIC_TAG`` (which names one metric, the first).
+METRIC_TAGS_ENV = "TFSCALE_HP_METRIC_TAGS"
 
-    ``val_<m>``/``test_<m>``/``train_<m>`` name a split; a bare name is looked up in validation, then test,
-    then train — trials should be chosen on held-out data, and validation is what a study tunes on.
-    """
-    for prefix, split in (("val_", "validation"), ("test_", "test"), ("train_", "train")):
-        if tag.startswith(prefix) and tag[len(prefix):] in (metrics.get(split) or {}):
-            return float(metrics[split][tag[len(prefix):]])
-    for split in ("validation", "test", "train"):
-        if tag in (metrics.get(split) or {}):
-            return float(metrics[split][tag])
-    return None
+
+def objective(metrics: Mapping[str, Any], tag: str) -> Optional[float]:
+    """The value of ``tag`` in a task's metrics (the names :func:`tuners.metrics.metric_paths` accepts:
+    ``val_<m>``, ``test_<m>``, ``train_<m>``, dotted paths such as ``quantization.quantized.tflite_bytes``;
+    a bare name is the validation value, the test value on a run without a validation split)."""
+    from tuners.metrics import metric_value
+
+    return metric_value(metrics, tag)[1]
 
 
 def report_from_env(metrics: Mapping[str, Any]) -> Optional[Path]:
-    """Inside a Vertex tuning trial (``CLOUD_ML_TRIAL_ID`` or ``CLOUD_ML_HP_METRIC_TAG`` set), report the objective.
+    """Inside a Vertex tuning trial (``CLOUD_ML_TRIAL_ID`` or ``CLOUD_ML_HP_METRIC_TAG`` set), report the objective:
+    one line per metric of the study (:data:`METRIC_TAGS_ENV`, else ``CLOUD_ML_HP_METRIC_TAG``), as one
+    ``report_hyperparameter_tuning_metric`` call per metric would.
 
-    Outside a trial this does nothing and returns None.
+    Outside a trial this does nothing and returns None; so it does when the metrics hold none of the tags.
     """
     if not (os.environ.get("CLOUD_ML_TRIAL_ID") or os.environ.get("CLOUD_ML_HP_METRIC_TAG")):
         return None
-    tag = os.environ.get("CLOUD_ML_HP_METRIC_TAG") or "accuracy"
-    value = objective(metrics, tag)
-    if value is None:
-        return None
-    return report_metric(tag, value, metrics.get("epochs"))
+    tags = [t for t in (os.environ.get(METRIC_TAGS_ENV) or "").split(",") if t] or \
+        [os.environ.get("CLOUD_ML_HP_METRIC_TAG") or "accuracy"]
+    written = None
+    for tag in tags:
+        value = objective(metrics, tag)
+        if value is not None:
+            written = report_metric(tag, value, metrics.get("epochs"))
+    return written

@@ -102,8 +102,11 @@ def tuning_job(cfg: ExperimentConfig, spec: Any, *, overrides: Sequence[str], pa
     """The ``HyperparameterTuningJob`` of a study."""
     from orchestrator.vertex.job_spec import custom_job_spec, job_labels, program_spec
 
+    from orchestrator.vertex.hypertune import METRIC_TAGS_ENV
+
     program = program_spec(cfg, trial_args(spec, overrides), package_uris, python_module=TRIAL_MODULE,
-                           env={"CLOUD_ML_HP_METRIC_TAG": spec.metric.tag})
+                           env={"CLOUD_ML_HP_METRIC_TAG": spec.metric.tag,
+                                METRIC_TAGS_ENV: ",".join(m.tag for m in spec.metrics)})
     max_failed = cfg.vertex.max_failed_trial_count
     if max_failed is None:
         max_failed = spec.failure_budget
@@ -140,15 +143,16 @@ def trials_from_job(job: Any, spec: Any) -> List[Any]:
         status = TrialStatus(_STATUS.get(getattr(t.state, "name", str(t.state)), "FAILED"))
         measurements = [Measurement(int(m.step_count), {x.metric_id: float(x.value) for x in m.metrics})
                         for m in t.measurements]
-        objective = None
+        objectives = {}
         final = t.final_measurement
         if final and final.metrics:
             values = {x.metric_id: float(x.value) for x in final.metrics}
-            objective = values.get(spec.metric.tag)
+            objectives = {m.tag: values[m.tag] for m in spec.metrics if m.tag in values}
             measurements.append(Measurement(int(final.step_count), values))
-        if status is TrialStatus.COMPLETED and objective is None:
-            status = TrialStatus.FAILED
-        trial = Trial(id=int(t.id), parameters=params, status=status, measurements=measurements, objective=objective,
+        if status is TrialStatus.COMPLETED and len(objectives) < len(spec.metrics):
+            status = TrialStatus.FAILED  # a finished trial without a value for every objective ranks nowhere
+        trial = Trial(id=int(t.id), parameters=params, status=status, measurements=measurements,
+                      objective=objectives.get(spec.metric.tag), objectives=objectives,
                       error=t.infeasible_reason or None, config_keys=keys)
         out.append(trial)
     return out

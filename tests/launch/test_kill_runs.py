@@ -82,6 +82,10 @@ def test_kill_during_the_tf_serving_smoke_test_leaves_no_server(tmp_path, sig):
         else:
             assert proc.returncode == -signal.SIGKILL
         assert _wait_gone(str(tmp_path)) == []
+        # A dying process leaves the process list (its memory released) just before the kernel closes its files.
+        deadline = time.monotonic() + 5
+        while _listening(rest_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not _listening(rest_port)
     finally:
         if proc.poll() is None:

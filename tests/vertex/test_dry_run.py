@@ -153,7 +153,7 @@ def test_seed_tuning_study(tmp_path, listener):
     assert spec.python_module == "orchestrator.app.vertex_trial"
     assert "--tfscale-param-key=n_layers=+model.builder_kwargs.n_layers" in spec.args
     assert "--tfscale-param-key=momentum=model.optimizer.momentum" in spec.args
-    assert [(e.name, e.value) for e in spec.env] == [("CLOUD_ML_HP_METRIC_TAG", "accuracy")]
+    assert [(e.name, e.value) for e in spec.env] == [("CLOUD_ML_HP_METRIC_TAG", "accuracy"), ("TFSCALE_HP_METRIC_TAGS", "accuracy")]
     command = printed_command(result.stdout)
     assert command.startswith("gcloud ai hp-tuning-jobs create --project=tfscale-test --region=us-central1")
     assert "--max-trial-count=10" in command and "--parallel-trial-count=2" in command

@@ -112,6 +112,41 @@ def test_vertex_trials_map_to_tuner_trials(tmp_path):
     assert loaded[2].error == "OOM"
 
 
+def test_a_two_objective_trial_reports_and_maps_every_metric(tmp_path, monkeypatch):
+    from google.cloud import aiplatform_v1 as v1
+
+    from orchestrator.vertex.hypertune import METRIC_TAGS_ENV, report_from_env
+    from orchestrator.vertex.tuning import store_trials
+    from tuners.pareto import pareto_front
+    from tuners.study_spec import StudySpec, TrialStatus
+
+    tags = ["accuracy", "quantization.quantized.tflite_bytes"]
+    out = tmp_path / "output.metrics"
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(out))
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_TAG", tags[0])
+    monkeypatch.setenv(METRIC_TAGS_ENV, ",".join(tags))
+    report_from_env({"validation": {"accuracy": 0.9}, "quantization": {"quantized": {"tflite_bytes": 6100}},
+                     "epochs": 3})
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [float(line[tag]) for line, tag in zip(lines, tags)] == [0.9, 6100.0]  # one report per metric
+
+    spec = StudySpec.from_dict({"metrics": [{"tag": tags[0], "goal": "MAXIMIZE"}, {"tag": tags[1], "goal": "MINIMIZE"}],
+                                "max_trials": 3, "parameters": [{"name": "units", "type": "INTEGER", "min": 8, "max": 64}]})
+
+    def trial(i, units, values):
+        return v1.Trial(id=str(i), state=v1.Trial.State.SUCCEEDED,
+                        parameters=[v1.Trial.Parameter(parameter_id="units", value=float(units))],
+                        final_measurement=v1.Measurement(step_count=3, metrics=[
+                            v1.Measurement.Metric(metric_id=tag, value=value) for tag, value in zip(tags, values)]))
+
+    job = v1.HyperparameterTuningJob(trials=[trial(1, 16, [0.90, 5000.0]), trial(2, 64, [0.95, 9000.0]),
+                                             trial(3, 32, [0.85, 7000.0]), trial(4, 8, [0.99])])
+    trials = store_trials(job, spec, tmp_path)
+    assert trials[0].objectives == {tags[0]: 0.90, tags[1]: 5000.0} and trials[0].objective == 0.90
+    assert trials[3].status is TrialStatus.FAILED  # no value for the second objective
+    assert sorted(t.id for t in pareto_front(trials, spec.metrics)) == [1, 2]
+
+
 def test_inside_a_job_the_aip_directories_are_where_the_task_mirrors_to():
     from orchestrator.training.mirrors import Mirrors
 

@@ -60,6 +60,9 @@ def test_tuning_job_trials_come_back_into_the_study_store(tmp_path, fake_vertex,
     assert result.returncode == 0, result.stderr
     (request,) = fake_vertex.received("CreateHyperparameterTuningJob")
     assert request.hyperparameter_tuning_job.max_trial_count == 10
+    envs = {e.name: e.value for pool in request.hyperparameter_tuning_job.trial_job_spec.worker_pool_specs
+            for e in [*pool.container_spec.env, *pool.python_package_spec.env]}
+    assert envs["CLOUD_ML_HP_METRIC_TAG"] == "accuracy" and envs["TFSCALE_HP_METRIC_TAGS"] == "accuracy"
     assert fake_vertex.polls[-1] == "JOB_STATE_SUCCEEDED"
     with StudyStore(run_dir(tmp_path)) as store:
         spec = store.stored_spec()

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds the other tasks of a job get between SIGTERM and SIGKILL once one of its tasks died (at most
+#: ``backend.stop_timeout_s``): a restart begins seconds after a failure instead of a full stop timeout later.
+FAILED_JOB_GRACE_S = 2.0
+
 ATTEMPT_ENV = "TFSCALE_ATTEMPT"
 POLL_SECONDS = 0.2
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -189,10 +193,10 @@ class ClusterBackend(Backend):
         handles: List[TaskHandle] = []
         restarts = 0
 
-        def stop_all() -> None:
+        def stop_all(grace: Optional[float] = None) -> None:
             for h in handles:
                 try:
-                    h.stop(float(cfg.backend.stop_timeout_s))
+                    h.stop(float(cfg.backend.stop_timeout_s) if grace is None else grace)
                 except Exception as exc:  # keep stopping the others whatever one of them raised
                     log.warning("stopping %s: %s", h.task.name, exc)
             handles.clear()
@@ -204,7 +208,10 @@ class ClusterBackend(Backend):
             while True:
                 handles.extend(self.launch(cfg, run_dir, tasks, restarts))
                 failure = self._supervise(cfg, handles)
-                stop_all()
+                # After a task died the others are not waited for long: the tasks of a synchronous job block in
+                # collective ops that never return (SIGTERM cannot unwind them), and the job restarts from its
+                # last backup (or fails) whatever they do now.
+                stop_all(None if failure is None else min(float(cfg.backend.stop_timeout_s), FAILED_JOB_GRACE_S))
                 if failure is None:
                     break
                 handle, code = failure

@@ -134,6 +134,11 @@ class TaskHandle:
     def stop(self, timeout: float) -> None:
         """Terminate the task and everything it started (SIGTERM, SIGKILL after ``timeout``)."""
 
+    def terminate(self) -> bool:
+        """Ask the task to stop (SIGTERM) without waiting, where that can be done at once; :meth:`stop` follows.
+        True if it was asked (or had ended)."""
+        return False
+
 
 class ClusterBackend(Backend):
     """Launches the cluster's tasks, supervises them and restarts the job after a task died.
@@ -194,9 +199,20 @@ class ClusterBackend(Backend):
         restarts = 0
 
         def stop_all(grace: Optional[float] = None) -> None:
+            # Tasks that can be told at once are, and then share one deadline: a task blocked in a collective op
+            # waits for its peers, which must not wait their turn behind it. Others get the grace each.
+            grace = float(cfg.backend.stop_timeout_s) if grace is None else grace
+            told = True
             for h in handles:
                 try:
-                    h.stop(float(cfg.backend.stop_timeout_s) if grace is None else grace)
+                    told = h.terminate() and told
+                except Exception as exc:
+                    told = False
+                    log.warning("stopping %s: %s", h.task.name, exc)
+            deadline = time.monotonic() + grace
+            for h in handles:
+                try:
+                    h.stop(max(0.0, deadline - time.monotonic()) if told else grace)
                 except Exception as exc:  # keep stopping the others whatever one of them raised
                     log.warning("stopping %s: %s", h.task.name, exc)
             handles.clear()
@@ -307,6 +323,11 @@ class LocalProcess(TaskHandle):
         if code is not None:
             self._reader.join(timeout=5)
         return code
+
+    def terminate(self) -> bool:
+        if self.child.poll() is None:
+            self.child.send(signal.SIGTERM)
+        return True
 
     def stop(self, timeout: float) -> None:
         # Also kills what the task started in its group, even after the task itself exited.

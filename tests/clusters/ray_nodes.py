@@ -48,6 +48,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: A test cluster holds nothing worth a slow shutdown: `ray start --block` stops its node within a few seconds
+#: of SIGTERM, and what is left is killed.
+STOP_GRACE_S = 4
+
+
 @dataclass
 class RayCluster:
     """A running cluster: its address, the token file, and the IDs of its nodes."""
@@ -70,10 +75,12 @@ class RayCluster:
         return env
 
     def stop(self) -> None:
+        """Stop both nodes: SIGTERM to each `ray start --block` (which stops its node's processes), SIGKILL to
+        what is left of its process group after STOP_GRACE_S."""
         import shutil
 
         for child in reversed(self.children):
-            child.stop(15)
+            child.stop(STOP_GRACE_S)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 

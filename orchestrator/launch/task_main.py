@@ -19,6 +19,10 @@ from pathlib import Path
 from orchestrator.errors import TfscaleError
 
 
+#: Seconds a cluster task has to unwind after SIGTERM before it exits anyway (its peers are stopping too).
+STOP_WITHIN_S = 3.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.launch.task_main", description=__doc__)
     parser.add_argument("run_dir", help="run directory (or storage URI) holding config.resolved.yaml")
@@ -34,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         code = task_process_main(args.job_fd, args.reply_fd)
         os._exit(code)  # like the forked task: no interpreter tear-down once everything is written and reported
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from orchestrator.runtime import supervisor
+
+    # A task of a cluster job told to stop blocks in collective ops that wait for peers that are gone or
+    # stopping too: it is gone STOP_WITHIN_S after SIGTERM, instead of waiting for its backend's SIGKILL.
+    supervisor.exit_after_sigterm(STOP_WITHIN_S)
     from orchestrator.artifacts import storage
     from orchestrator.training.task import load_run_config, run_training
 

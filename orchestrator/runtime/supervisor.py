@@ -73,6 +73,67 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+_watchdog_fd: Optional[int] = None
+
+
+def exit_after_sigterm(after_s: float) -> None:
+    """Make sure this process is gone ``after_s`` seconds after a SIGTERM (exit status 143).
+
+    For a task of a synchronous cluster job: told to stop while a collective op waits for a peer that is gone,
+    its main thread is blocked in native code, where Python cannot run the SIGTERM handler at all; and a task
+    whose handler did run can block again while it unwinds (the strategy's ops wait for peers that are
+    stopping too). Either way it would wait for its backend's SIGKILL, a full stop timeout later. The C-level
+    handler writes every signal's number to a wake-up fd (``signal.set_wakeup_fd``), which a thread watches:
+    ``after_s`` after a SIGTERM, a process still there exits at once, saying whether its handler had run.
+    Installs :func:`install_signal_handlers` too. Main thread only; idempotent.
+    """
+    global _watchdog_fd
+    if _watchdog_fd is not None or threading.current_thread() is not threading.main_thread():
+        return
+    install_signal_handlers()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread after all
+        os.close(r)
+        os.close(w)
+        return
+    _watchdog_fd = w
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(r, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                time.sleep(after_s)
+                how = "still unwinding" if _terminating else "its handler never ran (blocked in native code)"
+                try:
+                    os.write(2, f"[pid {os.getpid()}] {after_s:g}s after SIGTERM, {how}: exiting\n".encode())
+                finally:
+                    os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tfscale-sigterm-watchdog", daemon=True).start()
+
+
+def reclaim_sigterm() -> None:
+    """Put this process's SIGTERM handler back at the OS level, after native code replaced it.
+
+    TensorFlow's coordination service (started by MultiWorkerMirroredStrategy in a cluster) installs a C-level
+    SIGTERM handler of its own, for preemption notices, which only records the signal: the task would never
+    stop on SIGTERM, and never see it in Python. Call this once such a runtime started. Main thread only; a
+    no-op where :func:`install_signal_handlers` was not called.
+    """
+    if _handler_installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def install_signal_handlers() -> None:
     """Make SIGTERM raise :class:`Terminated` in the main thread, like Ctrl-C raises KeyboardInterrupt.
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from orchestrator.artifacts.run_record import RunRecord, provenance
+from orchestrator.runtime import supervisor
 from orchestrator.training.mirrors import DirectoryMirror, Mirrors, copy_model, mirror_callback, restore
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ def run_training(cfg: ExperimentConfig, run_dir: Path, *, overrides: Optional[li
     # collective runtime in its constructor, which must see the configured devices.
     kind = strategies.get(cfg.strategy.name)
     strategy = kind.build(strategy_context(cfg, plan), tf)
+    supervisor.reclaim_sigterm()  # the collective runtime just took SIGTERM over (see the function)
     applied = describe_devices(tf, topology, plan, env_changes)
     if t.mixed_precision != MixedPrecision.none:
         keras.mixed_precision.set_global_policy(t.mixed_precision.value)

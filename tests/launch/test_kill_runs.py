@@ -104,6 +104,10 @@ def test_kill_of_a_training_cluster_run_leaves_no_task(tmp_path, sig):
         if sig == signal.SIGTERM:
             assert proc.returncode == 143, out[-3000:]
             assert "tfscale: terminated" in out
+            # Each task stopped on its own SIGTERM (TensorFlow's collective runtime had taken the signal over,
+            # which left the tasks running until the backend's SIGKILL).
+            for log in tmp_path.glob("runs/*/*/tasks/worker-*.log"):
+                assert "supervisor.Terminated" in log.read_text(errors="replace"), log.name
         else:
             assert proc.returncode == -signal.SIGKILL
         assert ct.wait_no_tasks(tmp_path, 10) == []

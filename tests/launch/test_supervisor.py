@@ -204,3 +204,33 @@ def test_run_forked_kills_a_function_that_runs_past_the_timeout():
     started = time.monotonic()
     assert supervisor.run_forked([lambda: None, lambda: time.sleep(30)], timeout=0.5) == [1]
     assert time.monotonic() - started < 5
+
+
+BLOCKED = "hashlib.pbkdf2_hmac('sha256', b'x', b'y', 2**31 - 1)"
+
+
+@pytest.mark.parametrize("body, how", [
+    # pbkdf2 runs in C for minutes without returning to the interpreter, as a collective op waiting for a
+    # peer that is gone does: the Python SIGTERM handler cannot run.
+    (BLOCKED, "its handler never ran"),
+    # the handler ran, and the unwinding blocks in native code (ops waiting for peers that stop too)
+    (f"try:\n    time.sleep(60)\nfinally:\n    {BLOCKED}", "still unwinding"),
+])
+def test_a_process_blocked_in_native_code_is_gone_soon_after_sigterm(body, how):
+    code = ("import hashlib, time\nfrom orchestrator.runtime import supervisor\n"
+            "supervisor.exit_after_sigterm(1.0)\nprint('ready', flush=True)\n"
+            f"{body}\nprint('finished', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 143 and "finished" not in out
+        assert 0.9 < time.monotonic() - sent < 5
+        assert f"1s after SIGTERM, {how}" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -204,8 +204,7 @@ Renderer = Callable[[Sequence[Callable[[], None]]], Sequence[int]]
 
 
 def _render_here(draws: Sequence[Callable[[], None]]) -> Sequence[int]:
-    for draw in draws:
-        draw()
+    _draw_all(draws)
     return []
 
 

@@ -28,10 +28,19 @@ __all__ = ["StudyLock"]
 _HELD: weakref.WeakValueDictionary[str, StudyLock] = weakref.WeakValueDictionary()
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``host H, pid P since YYYY-mm-dd HH:MM:SS`` of a driver's record (``host``, ``pid``, ``started_at``)."""
     since = holder.get("started_at")
     when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
     return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}{when}"
+
+
+def refusal(where: str, holder: dict[str, Any], what: str, after: str = "") -> StudyLockedError:
+    """The error refusing a second driver of the study at ``where``, naming its holder and how to go on."""
+    pid, host = holder.get("pid", "?"), holder.get("host", "?")
+    return StudyLockedError(f"{where}: {what} ({describe_holder(holder)}). Wait for it to end, or stop it (kill {pid} "
+                            f"on {host}); the same command then resumes the study{after}.",
+                            host=holder.get("host"), pid=holder.get("pid"))
 
 
 class StudyLock:
@@ -62,7 +71,7 @@ class StudyLock:
         mine = _HELD.get(path)
         if mine is not None and mine._fd is not None:
             holder = {"host": socket.gethostname(), "pid": os.getpid()}
-            raise StudyLockedError(cls._refusal(store_path, holder, "this process already drives it"), **holder)
+            raise refusal(store_path, holder, "this process already drives it")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -75,8 +84,7 @@ class StudyLock:
         except OSError:
             holder = cls._read_holder(fd, wait_s=1.0)
             os.close(fd)
-            raise StudyLockedError(cls._refusal(store_path, holder, "another driver is running this study"),
-                                   host=holder.get("host"), pid=holder.get("pid"))
+            raise refusal(store_path, holder, "another driver is running this study")
         previous = cls._read_holder(fd, wait_s=0.0) or None
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()}
         data = json.dumps(record).encode()
@@ -86,12 +94,6 @@ class StudyLock:
         lock = cls(path, fd, previous)
         _HELD[path] = lock
         return lock
-
-    @staticmethod
-    def _refusal(store_path: str, holder: dict[str, Any], what: str) -> str:
-        pid, host = holder.get("pid", "?"), holder.get("host", "?")
-        return (f"{store_path}: {what} ({_describe(holder)}). Wait for it to end, or stop it (kill {pid} on "
-                f"{host}); the same command then resumes the study.")
 
     @staticmethod
     def _read_holder(fd: int, wait_s: float) -> dict[str, Any]:

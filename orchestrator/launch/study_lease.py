@@ -26,10 +26,12 @@ import socket
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from tuners.study_lock import describe_holder, refusal
+
 from orchestrator.artifacts import storage
 from orchestrator.errors import TfscaleError
 
-__all__ = ["LEASE_DIR", "Lease", "LeaseLostError", "acquire", "describe"]
+__all__ = ["LEASE_DIR", "Lease", "LeaseLostError", "acquire"]
 
 LEASE_DIR = ".lease"  # below the study directory; never part of what a driver downloads or uploads
 _NAME = re.compile(r"^(\d{8})\.json$")
@@ -40,13 +42,6 @@ class LeaseLostError(TfscaleError):
     """Another driver took over this driver's study (this one was silent for longer than the lease's TTL)."""
 
     exit_code = 2
-
-
-def describe(record: Dict[str, Any]) -> str:
-    """``host H, pid P since YYYY-mm-dd HH:MM:SS`` of a lease record (as the study lock words its holder)."""
-    since = record.get("started_at")
-    when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
-    return f"host {record.get('host', '?')}, pid {record.get('pid', '?')}{when}"
 
 
 def _name(seq: int) -> str:
@@ -74,15 +69,6 @@ def _read(uri: str) -> Tuple[Dict[str, Any], float]:
         record = {}
     renewed = record.get("renewed_at")
     return record, max(float(renewed) if isinstance(renewed, (int, float)) else 0.0, mtime)
-
-
-def _refusal(study_uri: str, record: Dict[str, Any], what: str, after: str = "") -> Any:
-    from tuners.errors import StudyLockedError
-
-    pid, host = record.get("pid", "?"), record.get("host", "?")
-    return StudyLockedError(f"{study_uri}: {what} ({describe(record)}). Wait for it to end, or stop it (kill {pid} "
-                            f"on {host}); the same command then resumes the study{after}.",
-                            host=record.get("host"), pid=record.get("pid"))
 
 
 class Lease:
@@ -134,7 +120,7 @@ class Lease:
             what = f"its lease {self.uri} was removed by someone else"
             then = "Make sure no other driver runs this study"
         else:
-            what = f"another driver took the study over ({describe(holder)})"
+            what = f"another driver took the study over ({describe_holder(holder)})"
             then = (f"Let it run, or stop it (kill {holder.get('pid', '?')} on {holder.get('host', '?')})")
         return LeaseLostError(
             f"{self.study_uri}: {what} after this driver's lease went unrenewed for more than "
@@ -187,7 +173,7 @@ def acquire(study_uri: str, ttl_s: float) -> Lease:
                 continue  # released between the listing and the read
             age = max(time.time() - renewed, 0.0)
             if age < ttl_s:
-                raise _refusal(study_uri, record, "another driver is running this study",
+                raise refusal(study_uri, record, "another driver is running this study",
                                f" (a driver that died without releasing its lease, renewed {age:.0f}s ago, is taken "
                                f"over once hydra.sweeper.lease_ttl_s={ttl_s:g}s have passed: in {ttl_s - age:.0f}s)")
             took_over = record
@@ -202,8 +188,8 @@ def acquire(study_uri: str, ttl_s: float) -> Lease:
                 winner, _ = _read(uri)
             except FileNotFoundError:
                 continue  # the winner has released it already
-            raise _refusal(study_uri, winner, "another driver took this study over just now") from None
+            raise refusal(study_uri, winner, "another driver took this study over just now") from None
         for old in seqs:  # superseded: a study released cleanly later holds no lease
             storage.remove(storage.join(study_uri, LEASE_DIR, _name(old)))
         return Lease(study_uri, seq, mine, ttl_s, took_over)
-    raise _refusal(study_uri, {}, "its lease changed hands repeatedly while this driver looked")
+    raise refusal(study_uri, {}, "its lease changed hands repeatedly while this driver looked")

@@ -338,6 +338,8 @@ class StudySweeper(Sweeper):
     _NOT_MIRRORED = (LEASE_DIR, "study.db.lock")
 
     def _acquire_lease(self, study_uri: str, name: Optional[str]) -> None:
+        from tuners.study_lock import describe_holder
+
         from orchestrator.launch import study_lease
 
         if not (self.lease_ttl_s > 0 and self.lease_ttl_s >= 4 * self.poll_interval_s):
@@ -348,7 +350,7 @@ class StudySweeper(Sweeper):
         self._lease = study_lease.acquire(study_uri, self.lease_ttl_s)
         old = self._lease.took_over
         if old is not None:
-            print(f"[study] the previous driver of '{name or study_uri}' ({study_lease.describe(old)}) has not "
+            print(f"[study] the previous driver of '{name or study_uri}' ({describe_holder(old)}) has not "
                   f"renewed its lease in {study_uri} for more than {self.lease_ttl_s:g}s; taking it over.", flush=True)
 
     def _release_lease(self) -> None:

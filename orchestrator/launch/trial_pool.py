@@ -419,10 +419,9 @@ def warm_process_main(commands: int, replies: int, tensorflow: bool, grace: floa
                                          import_env if tensorflow else None,
                                          [commands, replies, *waits.values()])
                 trials[num] = trial = supervisor.fork_child(main)
-                try:
-                    waits[num] = os.pidfd_open(trial.pid)
-                except (AttributeError, OSError):  # Linux before 5.3, or not Linux
-                    pass
+                exited = supervisor.pidfd(trial.pid)
+                if exited is not None:  # None: Linux before 5.3, or not Linux
+                    waits[num] = exited
             elif message[0] == "grace":  # adopted by a pool whose trials get another grace
                 grace = float(message[1])
             elif message[0] == "stop":

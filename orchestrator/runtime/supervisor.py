@@ -148,7 +148,7 @@ def install_signal_handlers() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- children
-def _pidfd(pid: int) -> Optional[int]:
+def pidfd(pid: int) -> Optional[int]:
     """A file descriptor that becomes readable when ``pid`` exits, or None where the system has none."""
     try:
         return os.pidfd_open(pid)
@@ -191,7 +191,7 @@ class Child:
             return code
         deadline = time.monotonic() + timeout
         delay = 0.005
-        exited = _pidfd(self.pid)  # readable once it exited (Linux 5.3+); else look with growing delays
+        exited = pidfd(self.pid)  # readable once it exited (Linux 5.3+); else look with growing delays
         try:
             while True:
                 code = self._check(block=False)
